@@ -1,0 +1,204 @@
+//! `pymesh echo`: a fast test upstream served by the core, for tests, demos and benches.
+//!
+//! `GET /` answers a small body; `?size=N` an N-byte body (streamed from one shared buffer,
+//! so any size costs no memory); `?status=S` that status; `?delay=250ms` answers after the
+//! delay; `POST`/`PUT` stream the request body back; `/healthz` is 200. Every response
+//! carries `server-id`.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+/// The longest `?delay=` honoured: bounded so that a typo cannot pin a connection forever.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+/// Size of the shared buffer that sized bodies are sliced from.
+const CHUNK: usize = 64 * 1024;
+
+pub(crate) struct Echo {
+    id: HeaderValue,
+    hello: Bytes,
+}
+
+impl Echo {
+    pub(crate) fn new(id: &str) -> Result<Self, String> {
+        let id = HeaderValue::from_str(id).map_err(|_| format!("{id:?} cannot be a header value"))?;
+        let hello = Bytes::from(format!("hello from {}\n", id.to_str().unwrap_or("echo")));
+        Ok(Self { id, hello })
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Query {
+    size: Option<u64>,
+    status: Option<StatusCode>,
+    delay: Option<Duration>,
+}
+
+fn parse_query(q: &str) -> Result<Query, String> {
+    let mut out = Query::default();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "size" => out.size = Some(v.parse().map_err(|_| format!("size={v} is not a byte count"))?),
+            "status" => {
+                let code: u16 = v.parse().map_err(|_| format!("status={v} is not a number"))?;
+                if !(200..=599).contains(&code) {
+                    return Err(format!("status={v} must be 200..599"));
+                }
+                out.status = Some(StatusCode::from_u16(code).map_err(|e| e.to_string())?);
+            }
+            "delay" => {
+                let d = parse_duration(v).ok_or_else(|| format!("delay={v} is not a duration like 250ms"))?;
+                out.delay = Some(d.min(MAX_DELAY));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// `250ms`, `1s`, `1.5s`, or a bare number of milliseconds.
+fn parse_duration(v: &str) -> Option<Duration> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (v, 1e-3)
+    };
+    let secs = num.parse::<f64>().ok()? * scale;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_DELAY.as_secs_f64())))
+}
+
+pub(crate) async fn respond(
+    echo: Arc<Echo>,
+    req: Request<Incoming>,
+) -> Result<Response<EchoBody>, Infallible> {
+    let query = match parse_query(req.uri().query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(msg) => {
+            return Ok(reply(&echo, StatusCode::BAD_REQUEST, EchoBody::Full(Some(Bytes::from(msg + "\n")))))
+        }
+    };
+    if let Some(delay) = query.delay {
+        tokio::time::sleep(delay).await;
+    }
+    let status = query.status.unwrap_or(StatusCode::OK);
+    if req.uri().path() == "/healthz" {
+        return Ok(reply(&echo, StatusCode::OK, EchoBody::Full(Some(Bytes::from_static(b"ok\n")))));
+    }
+    let no_body = req.method() == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if no_body {
+        return Ok(reply(&echo, status, EchoBody::Full(None)));
+    }
+    if req.method() == Method::POST || req.method() == Method::PUT {
+        let length = req.headers().get(CONTENT_LENGTH).cloned();
+        let mut resp = reply(&echo, status, EchoBody::Echo(req.into_body()));
+        if let Some(len) = length {
+            resp.headers_mut().insert(CONTENT_LENGTH, len);
+        }
+        return Ok(resp);
+    }
+    let body = match query.size {
+        Some(n) => EchoBody::Sized { remaining: n },
+        None => EchoBody::Full(Some(echo.hello.clone())),
+    };
+    Ok(reply(&echo, status, body))
+}
+
+fn reply(echo: &Echo, status: StatusCode, body: EchoBody) -> Response<EchoBody> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert("server-id", echo.id.clone());
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn chunk() -> &'static Bytes {
+    static CHUNK_BYTES: OnceLock<Bytes> = OnceLock::new();
+    CHUNK_BYTES.get_or_init(|| Bytes::from(vec![b'x'; CHUNK]))
+}
+
+/// The echo server's bodies: fixed, a sized stream of `x`s, or the request's own body.
+pub(crate) enum EchoBody {
+    Full(Option<Bytes>),
+    Sized { remaining: u64 },
+    Echo(Incoming),
+}
+
+impl Body for EchoBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Self::Sized { remaining } => {
+                if *remaining == 0 {
+                    return Poll::Ready(None);
+                }
+                let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(CHUNK);
+                *remaining -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(chunk().slice(..n)))))
+            }
+            Self::Echo(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(data) => data.is_none(),
+            Self::Sized { remaining } => *remaining == 0,
+            Self::Echo(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Sized { remaining } => SizeHint::with_exact(*remaining),
+            Self::Echo(body) => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_the_config_does() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("40"), Some(Duration::from_millis(40)));
+        assert_eq!(parse_duration("1h"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("9999s"), Some(MAX_DELAY));
+    }
+
+    #[test]
+    fn query_parses_known_keys_and_refuses_bad_values() {
+        let q = parse_query("size=10&status=418&delay=5ms&other=1").unwrap();
+        assert_eq!(q.size, Some(10));
+        assert_eq!(q.status, Some(StatusCode::IM_A_TEAPOT));
+        assert_eq!(q.delay, Some(Duration::from_millis(5)));
+        assert!(parse_query("status=99").is_err());
+        assert!(parse_query("status=abc").is_err());
+        assert!(parse_query("size=-1").is_err());
+        assert_eq!(parse_query("").unwrap(), Query::default());
+    }
+}

@@ -1,0 +1,24 @@
+//! pymesh's data plane, as a plain Rust crate.
+//!
+//! Nothing here knows about Python: `core/pybind` wraps [`Engine`] for `pymesh._core`, and
+//! everything below can be built, tested and benchmarked with cargo alone.
+//!
+//! The shape: [`Engine::apply`] takes one [`config::Snapshot`], compiles it into immutable
+//! runtime tables (routers, clusters, metric handles), binds any new listeners, and swaps
+//! the tables in with a single `ArcSwap` store. Each request reads the tables once, at its
+//! start, and keeps the pieces it needs (its cluster) alive until it ends.
+#![forbid(unsafe_code)]
+
+mod cluster;
+pub mod config;
+mod echo;
+mod engine;
+mod error;
+mod http;
+mod listener;
+mod metrics;
+mod router;
+mod tables;
+
+pub use engine::{Engine, EngineOptions};
+pub use error::{Error, ErrorKind};

@@ -1,0 +1,59 @@
+"""Types of the compiled core, ``pymesh._core`` (Rust, PyO3). Checked by mypy.stubtest."""
+
+from typing import final
+
+__version__: str
+
+class CoreError(Exception):
+    """The core failed for a reason that is not the caller's input (a bug, an I/O failure)."""
+
+class ApplyError(ValueError):
+    """A snapshot the core refused. ``path`` names the offending field; nothing was applied."""
+
+    path: str
+
+class BindError(ApplyError):
+    """A listener address could not be bound (``path`` is ``listeners.N.listen``);
+    nothing was applied."""
+
+@final
+class Core:
+    """One data plane: its own tokio runtime, listeners, clusters and metrics.
+
+    Every method that may wait releases the GIL.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        """Start the runtime with ``workers`` threads (default: the number of CPUs)."""
+
+    def apply(self, snapshot_json: str) -> int:
+        """Compile and atomically swap in a snapshot; answer its version.
+
+        New listeners are bound before the swap; listeners no longer named are drained.
+        Raises ApplyError or BindError and keeps the old snapshot serving on failure.
+        """
+
+    def version(self) -> int:
+        """The version of the snapshot now serving (0 before the first apply)."""
+
+    def listeners(self) -> dict[str, str]:
+        """Each listener's name and the address it is bound to (port 0 resolved)."""
+
+    def stats_json(self) -> str:
+        """Counters and gauges as a JSON object (see ``pymesh.host.Host.stats``)."""
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of every metric, names prefixed ``pymesh_``."""
+
+    def start_echo(self, listen: str, id: str | None = None) -> str:
+        """Serve the test upstream on ``listen``; answer the bound address.
+
+        ``id`` is sent in the ``server-id`` header of every response (default: the address).
+        """
+
+    def drain(self, timeout_s: float) -> bool:
+        """Stop accepting on every listener and echo server, then wait up to ``timeout_s``
+        for open connections to finish. Answer True if they all did."""
+
+    def active_connections(self) -> int:
+        """Downstream connections now open on proxy listeners."""
