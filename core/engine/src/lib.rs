@@ -9,6 +9,7 @@
 //! start, and keeps the pieces it needs (its cluster) alive until it ends.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 mod cluster;
 pub mod config;
 mod echo;

@@ -1,0 +1,457 @@
+//! `pymesh bench`: the bundled load generator.
+//!
+//! Closed loop (`connections` each send their next request when the last one answers) or
+//! open loop (`rate`: requests are due on a fixed schedule, and latency is measured from
+//! when each was due, so a stall counts against every request it delayed: the
+//! coordinated-omission correction of wrk2). Each thread runs its own single-threaded
+//! runtime over its share of the connections and records into its own HdrHistogram; the
+//! histograms are merged at the end.
+
+mod conn;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::error::Error;
+use conn::{Conn, Exchange, Failure};
+
+/// What to run. Defaults match `pymesh bench`'s documented ones.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub url: String,
+    pub connections: usize,
+    pub threads: usize,
+    /// Measured time (after warm-up). With `requests` too, whichever ends first.
+    pub duration: Option<Duration>,
+    /// Total requests to complete (warm-up requests not included).
+    pub requests: Option<u64>,
+    /// Open loop: requests per second over all connections. `None`: closed loop.
+    pub rate: Option<f64>,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout: Duration,
+    pub warmup: Duration,
+    /// Print a live progress line to stderr once a second.
+    pub progress: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            connections: 10,
+            threads: 1,
+            duration: None,
+            requests: None,
+            rate: None,
+            method: "GET".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout: Duration::from_secs(10),
+            warmup: Duration::ZERO,
+            progress: false,
+        }
+    }
+}
+
+/// Errors by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BenchErrors {
+    pub connect: u64,
+    pub timeout: u64,
+    pub reset: u64,
+    pub protocol: u64,
+}
+
+impl BenchErrors {
+    pub fn total(&self) -> u64 {
+        self.connect + self.timeout + self.reset + self.protocol
+    }
+
+    fn count(&mut self, f: Failure) {
+        match f {
+            Failure::Connect => self.connect += 1,
+            Failure::Timeout => self.timeout += 1,
+            Failure::Reset => self.reset += 1,
+            Failure::Protocol => self.protocol += 1,
+        }
+    }
+
+    fn merge(&mut self, o: &Self) {
+        self.connect += o.connect;
+        self.timeout += o.timeout;
+        self.reset += o.reset;
+        self.protocol += o.protocol;
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BenchResult {
+    /// Requests that got a response (any status) within the measured window.
+    pub requests: u64,
+    pub errors: BenchErrors,
+    pub duration_s: f64,
+    pub rps: f64,
+    /// Response bytes read (heads and bodies).
+    pub bytes: u64,
+    pub status: BTreeMap<u16, u64>,
+    pub latency_us: Latency,
+}
+
+/// One thread's tallies.
+struct Tally {
+    hist: Histogram<u64>,
+    requests: u64,
+    bytes: u64,
+    errors: BenchErrors,
+    status: BTreeMap<u16, u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        // 1 µs to 1 hour at 3 significant digits, as wrk2 and h2load keep.
+        let hist = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid");
+        Self { hist, requests: 0, bytes: 0, errors: BenchErrors::default(), status: BTreeMap::new() }
+    }
+
+    fn merge(&mut self, o: &Self) {
+        let _ = self.hist.add(&o.hist);
+        self.requests += o.requests;
+        self.bytes += o.bytes;
+        self.errors.merge(&o.errors);
+        for (s, n) in &o.status {
+            *self.status.entry(*s).or_default() += n;
+        }
+    }
+}
+
+/// State every connection reads: the clock, the request, and the stop conditions.
+struct Plan {
+    addr: SocketAddr,
+    request: Vec<u8>,
+    head_only: bool,
+    timeout: Duration,
+    /// When the run started: the open loop's schedule counts from here.
+    start: Instant,
+    /// When measurement starts (the end of warm-up).
+    measure_from: Instant,
+    /// When everything stops.
+    stop_at: Option<Instant>,
+    /// Requests still to be started in the measured window, when `-n` was given.
+    remaining: Option<AtomicU64>,
+    stopped: AtomicBool,
+    /// Per-connection interval between due times, in the open loop.
+    interval: Option<Duration>,
+    done: AtomicU64,
+}
+
+impl Plan {
+    fn should_stop(&self, now: Instant) -> bool {
+        self.stopped.load(Ordering::Relaxed) || self.stop_at.is_some_and(|t| now >= t)
+    }
+
+    /// Claim a request slot of `-n` (only counted once measurement has started).
+    fn claim(&self, now: Instant) -> bool {
+        match &self.remaining {
+            Some(left) if now >= self.measure_from => {
+                let ok =
+                    left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+                if !ok {
+                    self.stopped.store(true, Ordering::Relaxed);
+                }
+                ok
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Parse `http://host:port/path?query` into an address and the request target.
+fn target(url: &str) -> Result<(http::Uri, SocketAddr), Error> {
+    let uri: http::Uri = url.parse().map_err(|e| Error::config("url", format!("{url:?}: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(Error::config(
+                "url",
+                "https is not supported yet (TLS comes with the data-plane issue)",
+            ))
+        }
+        _ => return Err(Error::config("url", format!("{url:?} needs an http:// scheme"))),
+    }
+    let authority = uri.authority().ok_or_else(|| Error::config("url", format!("{url:?} has no host")))?;
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| Error::config("url", format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::config("url", format!("{host} resolves to no address")))?;
+    Ok((uri, addr))
+}
+
+fn encode_request(uri: &http::Uri, opts: &BenchOptions) -> Result<Vec<u8>, Error> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if opts.method.is_empty() || !opts.method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
+        return Err(Error::config("method", format!("{:?} is not an HTTP method", opts.method)));
+    }
+    let mut out = format!("{} {path} HTTP/1.1\r\n", opts.method);
+    let has = |name: &str| opts.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    if !has("host") {
+        out.push_str(&format!("host: {authority}\r\n"));
+    }
+    for (k, v) in &opts.headers {
+        let bad = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n');
+        if k.is_empty() || bad(k) || bad(v) || k.contains(':') {
+            return Err(Error::config("headers", format!("{k:?}: {v:?} is not a header")));
+        }
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !opts.body.is_empty() || matches!(opts.method.as_str(), "POST" | "PUT" | "PATCH") {
+        out.push_str(&format!("content-length: {}\r\n", opts.body.len()));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&opts.body);
+    Ok(bytes)
+}
+
+/// Run a benchmark to completion on threads of its own. Blocks the caller.
+pub fn run(opts: &BenchOptions) -> Result<BenchResult, Error> {
+    if opts.connections == 0 || opts.threads == 0 {
+        return Err(Error::config("connections", "connections and threads must be at least 1"));
+    }
+    if opts.duration.is_none() && opts.requests.is_none() {
+        return Err(Error::config("duration", "give a duration, a request count, or both"));
+    }
+    if let Some(rate) = opts.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(Error::config("rate", "must be a positive number of requests per second"));
+        }
+    }
+    let (uri, addr) = target(&opts.url)?;
+    let request = encode_request(&uri, opts)?;
+    let threads = opts.threads.min(opts.connections);
+    let start = Instant::now();
+    let measure_from = start + opts.warmup;
+    let plan = Arc::new(Plan {
+        addr,
+        request,
+        head_only: opts.method == "HEAD",
+        timeout: opts.timeout,
+        start,
+        measure_from,
+        stop_at: opts.duration.map(|d| measure_from + d),
+        remaining: opts.requests.map(AtomicU64::new),
+        stopped: AtomicBool::new(false),
+        interval: opts.rate.map(|r| Duration::from_secs_f64(opts.connections as f64 / r)),
+        done: AtomicU64::new(0),
+    });
+    let tallies: Vec<Arc<Mutex<Tally>>> = (0..threads).map(|_| Arc::new(Mutex::new(Tally::new()))).collect();
+
+    let mut handles = Vec::with_capacity(threads);
+    for (t, tally) in tallies.iter().enumerate() {
+        // Spread connections over threads as evenly as they divide.
+        let conns = opts.connections / threads + usize::from(t < opts.connections % threads);
+        let first =
+            (0..t).map(|i| opts.connections / threads + usize::from(i < opts.connections % threads)).sum();
+        let (plan, tally) = (Arc::clone(&plan), Arc::clone(tally));
+        let total = opts.connections;
+        let handle = std::thread::Builder::new()
+            .name(format!("pymesh-bench-{t}"))
+            .spawn(move || run_thread(&plan, &tally, first, conns, total))
+            .map_err(|e| Error::internal(format!("cannot start a bench thread: {e}")))?;
+        handles.push(handle);
+    }
+
+    if opts.progress {
+        report_progress(&plan, &tallies, &handles);
+    }
+    for h in handles {
+        h.join().map_err(|_| Error::internal("a bench thread panicked"))??;
+    }
+    let end = Instant::now();
+    let measured = end.saturating_duration_since(measure_from);
+    let duration = match opts.duration {
+        Some(d) if plan.remaining.as_ref().is_none_or(|r| r.load(Ordering::Relaxed) > 0) => d.min(measured),
+        _ => measured,
+    };
+
+    let mut total = Tally::new();
+    for t in &tallies {
+        total.merge(&t.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+    let h = &total.hist;
+    let secs = duration.as_secs_f64().max(1e-9);
+    let latency_us = if h.is_empty() {
+        Latency::default()
+    } else {
+        Latency {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    };
+    Ok(BenchResult {
+        requests: total.requests,
+        errors: total.errors,
+        duration_s: secs,
+        rps: total.requests as f64 / secs,
+        bytes: total.bytes,
+        status: total.status,
+        latency_us,
+    })
+}
+
+fn report_progress(
+    plan: &Plan,
+    tallies: &[Arc<Mutex<Tally>>],
+    handles: &[std::thread::JoinHandle<Result<(), Error>>],
+) {
+    use std::io::Write as _;
+    let start = Instant::now();
+    let mut last = (start, 0u64);
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = Instant::now();
+        if now.duration_since(last.0) < Duration::from_secs(1) {
+            continue;
+        }
+        let done = plan.done.load(Ordering::Relaxed);
+        let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        let mut merged = Tally::new();
+        for t in tallies {
+            merged.merge(&t.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        let p99 = if merged.hist.is_empty() { 0 } else { merged.hist.value_at_quantile(0.99) };
+        let phase = if now < plan.measure_from { " (warm-up)" } else { "" };
+        let _ = write!(
+            std::io::stderr(),
+            "\r{:>6.1}s  {:>10.0} req/s  p99 {:>8.3} ms  errors {}{phase}   ",
+            now.duration_since(start).as_secs_f64(),
+            rate,
+            p99 as f64 / 1000.0,
+            merged.errors.total(),
+        );
+        last = (now, done);
+    }
+    let _ = writeln!(std::io::stderr());
+}
+
+fn run_thread(
+    plan: &Arc<Plan>,
+    tally: &Arc<Mutex<Tally>>,
+    first: usize,
+    conns: usize,
+    total: usize,
+) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start a bench runtime: {e}")))?;
+    rt.block_on(async {
+        let tasks = tokio::task::LocalSet::new();
+        for i in 0..conns {
+            let (plan, tally) = (Arc::clone(plan), Arc::clone(tally));
+            tasks.spawn_local(async move { drive(&plan, &tally, first + i, total).await });
+        }
+        tasks.await;
+    });
+    Ok(())
+}
+
+/// One connection's loop: send, read, record, until the plan says stop.
+async fn drive(plan: &Plan, tally: &Mutex<Tally>, index: usize, total: usize) {
+    let mut conn: Option<Conn> = None;
+    // Open loop: this connection's due times are staggered so the load is smooth.
+    let mut due = plan.interval.map(|iv| plan.start + iv.mul_f64(index as f64 / total as f64));
+    loop {
+        if plan.should_stop(Instant::now()) {
+            return;
+        }
+        let intended = match (due, plan.interval) {
+            (Some(d), Some(iv)) => {
+                if plan.stop_at.is_some_and(|stop| d >= stop) {
+                    return;
+                }
+                // Behind schedule (the target stalled): no sleep, and the stall is counted
+                // against this request, whose due time has passed.
+                tokio::time::sleep_until(d.into()).await;
+                due = Some(d + iv);
+                Some(d)
+            }
+            _ => None,
+        };
+        let sent = Instant::now();
+        if !plan.claim(sent) {
+            return;
+        }
+        // Latency counts from when the request was due (open loop) or sent (closed loop).
+        let from = intended.unwrap_or(sent);
+        let outcome = tokio::time::timeout(plan.timeout, async {
+            if conn.is_none() {
+                conn = Some(Conn::connect(plan.addr).await?);
+            }
+            conn.as_mut().expect("just connected").exchange(&plan.request, plan.head_only).await
+        })
+        .await
+        .unwrap_or(Err(Failure::Timeout));
+        let finished = Instant::now();
+        plan.done.fetch_add(1, Ordering::Relaxed);
+        let measured = finished >= plan.measure_from && plan.stop_at.is_none_or(|s| finished <= s);
+        let refused = {
+            let mut t = tally.lock().unwrap_or_else(PoisonError::into_inner);
+            match outcome {
+                Ok(Exchange { status, bytes, reusable }) => {
+                    if measured {
+                        let us = u64::try_from(finished.duration_since(from).as_micros()).unwrap_or(u64::MAX);
+                        t.hist.saturating_record(us.max(1));
+                        t.requests += 1;
+                        t.bytes += bytes;
+                        *t.status.entry(status).or_default() += 1;
+                    }
+                    if !reusable {
+                        conn = None;
+                    }
+                    false
+                }
+                Err(failure) => {
+                    if measured {
+                        t.errors.count(failure);
+                    }
+                    conn = None;
+                    failure == Failure::Connect
+                }
+            }
+        };
+        if refused {
+            // Do not spin on a refused port: one retry per millisecond per connection.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,294 @@
+"""The ``pymesh`` command line: ``run``, ``echo`` and ``validate``.
+
+``run`` is the composition root: it builds the Core, the Host and the admin API, serves the
+API with uvicorn in this process on a socket it binds itself, and turns SIGTERM/SIGINT into a
+drain. Lines printed for people and scripts (``pymesh: admin listening on ...``,
+``pymesh: listener NAME on IP:PORT``) are flushed at once. Invalid configuration is reported as
+``loc: msg`` lines on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from collections.abc import Generator, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import uvicorn
+
+from pymesh import __version__
+from pymesh._core import Core
+from pymesh.addresses import check_listen, format_host_port, split_host_port
+from pymesh.config import AdminConfig, MeshConfig, load_config_file
+from pymesh.demo import DEFAULT_DEMO_LISTEN, build_demo, curl_lines
+from pymesh.durations import format_duration
+from pymesh.errors import ApplyError, ConfigError, CoreError
+from pymesh.host import Host, default_data_dir
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INVALID = 2
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; answer the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "echo":
+        return _echo(args)
+    return _validate(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pymesh", description="A service-mesh proxy with a Rust data plane."
+    )
+    parser.add_argument("--version", action="version", version=f"pymesh {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a proxy (without --config: the demo mesh)")
+    run.add_argument("--config", metavar="FILE", help="YAML or JSON config file")
+    run.add_argument("--admin", metavar="ADDR", help="admin API address (default 127.0.0.1:9901)")
+    run.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        help="where last-applied.json is kept (default $XDG_DATA_HOME/pymesh)",
+    )
+    run.add_argument("--workers", metavar="N", type=_positive_int, help="data-plane threads")
+    run.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help=f"the demo listener's address (default {DEFAULT_DEMO_LISTEN}; demo only)",
+    )
+
+    echo = sub.add_parser("echo", help="run the built-in test upstream")
+    echo.add_argument("--listen", metavar="ADDR", required=True, help="IP:PORT (port 0: any)")
+    echo.add_argument("--id", metavar="NAME", help="server-id header value (default: address)")
+    echo.add_argument("--workers", metavar="N", type=_positive_int, help="threads")
+
+    validate = sub.add_parser("validate", help="check a config file; print ok or its errors")
+    validate.add_argument("file", metavar="FILE")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _complain(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _report_invalid(source: str, error: ConfigError) -> int:
+    _complain(f"pymesh: invalid config {source}:")
+    for line in error.lines():
+        _complain(f"  {line}")
+    return EXIT_INVALID
+
+
+# === validate ===
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        load_config_file(args.file)
+    except ConfigError as e:
+        return _report_invalid(args.file, e)
+    _say("ok")
+    return EXIT_OK
+
+
+# === echo ===
+
+
+def _echo(args: argparse.Namespace) -> int:
+    try:
+        check_listen(args.listen)
+    except ValueError as e:
+        _complain(f"pymesh echo: --listen: {e}")
+        return EXIT_INVALID
+    # Block the stop signals before the core starts its threads (they inherit the mask), so
+    # that sigwait below is the only place they are received.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        core = Core(args.workers)
+        address = core.start_echo(args.listen, args.id)
+    except ApplyError as e:
+        _complain(f"pymesh echo: cannot listen on {args.listen}: {e}")
+        return EXIT_INVALID
+    except CoreError as e:
+        _complain(f"pymesh echo: {e}")
+        return EXIT_FAILURE
+    _say(f"pymesh echo: {args.id or address} listening on {address}")
+    signal.sigwait(_STOP_SIGNALS)
+    core.drain(1.0)
+    return EXIT_OK
+
+
+# === run ===
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.config is not None and args.listen is not None:
+        _complain("pymesh run: --listen sets the demo's listener; with --config, edit the file")
+        return EXIT_INVALID
+    source = args.config if args.config is not None else "(embedded demo)"
+    # Until the event loop handles them, stop signals wait (pending); the core's threads,
+    # started below, inherit this mask and never receive them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        cfg = load_config_file(args.config) if args.config is not None else MeshConfig()
+        if args.admin is not None:
+            cfg = cfg.model_copy(update={"admin": AdminConfig(listen=_flag("--admin", args.admin))})
+        if args.listen is not None:
+            _flag("--listen", args.listen)
+    except ConfigError as e:
+        return _report_invalid(source, e)
+
+    try:
+        core = Core(args.workers if args.workers is not None else cfg.workers)
+        if args.config is None:
+            demo = build_demo(core, args.listen or DEFAULT_DEMO_LISTEN)
+            cfg = demo.model_copy(update={"admin": cfg.admin})
+    except ConfigError as e:
+        return _report_invalid(source, e)
+    except ApplyError as e:  # a demo service could not bind
+        return _report_invalid(source, ConfigError.single(e.path or "demo", str(e)))
+    except CoreError as e:
+        _complain(f"pymesh: the core failed to start: {e}")
+        return EXIT_FAILURE
+
+    try:
+        sock = _bind(cfg.admin.listen)
+    except OSError as e:
+        msg = f"cannot listen on {cfg.admin.listen}: {e.strerror or e}"
+        return _report_invalid(source, ConfigError.single("admin.listen", msg))
+
+    host = Host(core, args.data_dir if args.data_dir is not None else default_data_dir())
+    try:
+        host.apply(cfg)
+    except ConfigError as e:
+        sock.close()
+        return _report_invalid(source, e)
+    except CoreError as e:
+        sock.close()
+        _complain(f"pymesh: the core failed: {e}")
+        return EXIT_FAILURE
+
+    bound = host.listeners()
+    for listener in cfg.listeners:
+        _say(f"pymesh: listener {listener.name} on {bound.get(listener.name, listener.listen)}")
+    ip, port = sock.getsockname()[:2]
+    admin_url = f"http://{format_host_port(ip, port)}"
+    _say(f"pymesh: admin listening on {admin_url}")
+    if args.config is None:
+        _say("pymesh: demo mesh ready (90% hello-v1, 10% hello-v2); try:")
+        for line in curl_lines(bound["ingress"], admin_url):
+            _say(f"  {line}")
+
+    asyncio.run(_serve(host, sock, cfg.drain_timeout))
+    return EXIT_OK
+
+
+def _flag(flag: str, value: str) -> str:
+    """A listen address given on the command line, checked like one in a config file."""
+    try:
+        return check_listen(value)
+    except ValueError as e:
+        raise ConfigError.single(flag, str(e)) from None
+
+
+def _bind(address: str) -> socket.socket:
+    """A listening TCP socket on ``address`` (IP literal and port; port 0: any)."""
+    ip, port = split_host_port(address)
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((ip, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``pymesh run`` drains on signals itself, and
+    uvicorn would re-raise a captured signal after shutdown (a non-zero exit)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29 used this name
+        pass
+
+
+async def _serve(host: Host, sock: socket.socket, drain_timeout: timedelta) -> None:
+    """Serve the admin API on ``sock`` until a stop signal has drained the core."""
+    # The composition root is the one place api/ is wired in; imported here so that
+    # `pymesh echo` and `pymesh validate` do not pay for importing FastAPI.
+    from pymesh.api import create_app  # noqa: PLC0415
+
+    config = uvicorn.Config(
+        create_app(host),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+    seconds, shown = drain_timeout.total_seconds(), format_duration(drain_timeout)
+
+    async def drain() -> None:
+        try:
+            done = await asyncio.to_thread(host.drain, seconds)
+        except CoreError as e:
+            _complain(f"pymesh: drain failed: {e}")
+        else:
+            _say("pymesh: drained" if done else f"pymesh: drain timeout ({shown}) reached")
+        finally:
+            server.should_exit = True
+
+    def on_signal(sig: signal.Signals) -> None:
+        if host.draining:  # the drain is bounded by drain_timeout: let it end
+            _say(f"pymesh: {sig.name}: already draining (up to {shown})")
+            return
+        _say(f"pymesh: {sig.name}: draining (up to {shown})")
+        host.begin_drain()
+        task = loop.create_task(drain())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+    if not host.draining:  # the server stopped on its own: still let connections finish
+        await asyncio.to_thread(host.drain, seconds)
