@@ -1,6 +1,6 @@
 """Types of the compiled core, ``pymesh._core`` (Rust, PyO3). Checked by mypy.stubtest."""
 
-from typing import final
+from typing import Any, final
 
 __version__: str
 
@@ -57,3 +57,20 @@ class Core:
 
     def active_connections(self) -> int:
         """Downstream connections now open on proxy listeners."""
+
+def run_bench(
+    url: str,
+    *,
+    connections: int = 10,
+    threads: int = 1,
+    duration_s: float | None = None,
+    requests: int | None = None,
+    rate: float | None = None,
+    method: str = "GET",
+    headers: list[tuple[str, str]] = ...,
+    body: bytes = b"",
+    timeout_s: float = 10.0,
+    warmup_s: float = 0.0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run the load generator with the GIL released; see ``pymesh.bench.run``."""

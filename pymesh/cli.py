@@ -1,4 +1,4 @@
-"""The ``pymesh`` command line: ``run``, ``echo`` and ``validate``.
+"""The ``pymesh`` command line: ``run``, ``echo``, ``validate`` and ``bench``.
 
 ``run`` is the composition root: it builds the Core, the Host and the admin API, serves the
 API with uvicorn in this process on a socket it binds itself, and turns SIGTERM/SIGINT into a
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import uvicorn
 
-from pymesh import __version__
+from pymesh import __version__, bench
 from pymesh._core import Core
 from pymesh.addresses import check_listen, format_host_port, split_host_port
 from pymesh.config import AdminConfig, MeshConfig, load_config_file
@@ -45,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "echo":
         return _echo(args)
+    if args.command == "bench":
+        return bench.command(args)
     return _validate(args)
 
 
@@ -78,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a config file; print ok or its errors")
     validate.add_argument("file", metavar="FILE")
+
+    bench.add_arguments(sub.add_parser("bench", help="load-test a URL (the bundled generator)"))
     return parser
 
 

@@ -97,6 +97,7 @@ impl Engine {
         let result = self.try_apply(snap);
         if result.is_err() {
             self.shared.metrics.config_apply_errors.inc();
+            self.shared.metrics.forget_unused();
         }
         result
     }

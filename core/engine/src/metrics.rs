@@ -180,6 +180,18 @@ impl Metrics {
         entry(&mut self.registry().targets, key)
     }
 
+    /// Drop series that only the registry holds and that never counted anything: the ones a
+    /// refused snapshot registered while it compiled. Series that served keep their values.
+    pub(crate) fn forget_unused(&self) {
+        let mut reg = self.registry();
+        reg.targets.retain(|_, c| Arc::strong_count(c) > 1 || c.total() > 0);
+        reg.routes.retain(|_, r| Arc::strong_count(r) > 1 || r.duration.snapshot().0.iter().any(|n| *n > 0));
+        reg.listeners.retain(|_, l| Arc::strong_count(l) > 1 || l.connections_total.get() > 0);
+        reg.clusters.retain(|_, c| {
+            Arc::strong_count(c) > 1 || c.connections_total.get() > 0 || c.connect_failures.get() > 0
+        });
+    }
+
     pub(crate) fn requests_total(&self) -> u64 {
         self.registry().targets.values().map(|c| c.total()).sum()
     }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
+use pymesh_engine::bench::{self, BenchOptions, BenchResult};
 use pymesh_engine::{Engine, EngineOptions, Error, ErrorKind};
 
 create_exception!(
@@ -90,11 +92,86 @@ impl PyCore {
     }
 }
 
+/// Run the load generator; answers the result as a dict (see `pymesh.bench.BenchResult`).
+#[pyfunction]
+#[pyo3(signature = (
+    url, *, connections=10, threads=1, duration_s=None, requests=None, rate=None,
+    method="GET".to_owned(), headers=Vec::new(), body=Vec::new(), timeout_s=10.0, warmup_s=0.0,
+    progress=false,
+))]
+#[allow(clippy::too_many_arguments)]
+fn run_bench<'py>(
+    py: Python<'py>,
+    url: String,
+    connections: usize,
+    threads: usize,
+    duration_s: Option<f64>,
+    requests: Option<u64>,
+    rate: Option<f64>,
+    method: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    timeout_s: f64,
+    warmup_s: f64,
+    progress: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let secs = |name: &str, v: f64| {
+        Duration::try_from_secs_f64(v)
+            .map_err(|_| PyValueError::new_err(format!("{name}: must be a non-negative number of seconds")))
+    };
+    let opts = BenchOptions {
+        url,
+        connections,
+        threads,
+        duration: duration_s.map(|d| secs("duration", d)).transpose()?,
+        requests,
+        rate,
+        method,
+        headers,
+        body,
+        timeout: secs("timeout", timeout_s)?,
+        warmup: secs("warmup", warmup_s)?,
+        progress,
+    };
+    let result = py.detach(|| bench::run(&opts)).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    result_dict(py, &result)
+}
+
+fn result_dict<'py>(py: Python<'py>, r: &BenchResult) -> PyResult<Bound<'py, PyDict>> {
+    let errors = PyDict::new(py);
+    errors.set_item("connect", r.errors.connect)?;
+    errors.set_item("timeout", r.errors.timeout)?;
+    errors.set_item("reset", r.errors.reset)?;
+    errors.set_item("protocol", r.errors.protocol)?;
+    let status = PyDict::new(py);
+    for (code, n) in &r.status {
+        status.set_item(code.to_string(), n)?;
+    }
+    let l = &r.latency_us;
+    let latency = PyDict::new(py);
+    for (k, v) in
+        [("p50", l.p50), ("p90", l.p90), ("p99", l.p99), ("p999", l.p999), ("p9999", l.p9999), ("max", l.max)]
+    {
+        latency.set_item(k, v)?;
+    }
+    latency.set_item("mean", l.mean)?;
+    let out = PyDict::new(py);
+    out.set_item("requests", r.requests)?;
+    out.set_item("errors", errors)?;
+    out.set_item("duration_s", r.duration_s)?;
+    out.set_item("rps", r.rps)?;
+    out.set_item("bytes", r.bytes)?;
+    out.set_item("status", status)?;
+    out.set_item("latency_us", latency)?;
+    Ok(out)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyCore>()?;
+    m.add_function(wrap_pyfunction!(run_bench, m)?)?;
     m.add("CoreError", py.get_type::<CoreError>())?;
     m.add("ApplyError", py.get_type::<ApplyError>())?;
     m.add("BindError", py.get_type::<BindError>())?;

@@ -174,7 +174,9 @@ fn a_refused_snapshot_changes_nothing() {
     assert_eq!(e.version(), 1);
     assert_eq!(listener_addr(&e), addr);
     assert_eq!(Client::connect(addr).request("GET", "/", b"").status, 200);
-    assert!(e.metrics_text().contains("pymesh_config_apply_errors_total 2"));
+    let metrics = e.metrics_text();
+    assert!(metrics.contains("pymesh_config_apply_errors_total 2"));
+    assert!(!metrics.contains("listener=\"other\""), "a refused listener left series:\n{metrics}");
 }
 
 #[test]
