@@ -10,6 +10,7 @@ and the admin API's OpenAPI document are generated from them. ``load_config`` an
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,8 +33,11 @@ __all__ = [
     "FILE_LOC",
     "ROOT_LOC",
     "AdminConfig",
+    "Certificate",
     "Cluster",
+    "ClusterTls",
     "Listener",
+    "ListenerTls",
     "MeshConfig",
     "PoolConfig",
     "Route",
@@ -77,10 +81,9 @@ def _only(kind: str, supported: str, later: frozenset[str]) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-_Protocol = Annotated[
-    Literal["http"],
-    _only("protocol", "http", frozenset({"tcp", "tls-passthrough"})),
-]
+_Protocol = Literal["http", "tcp", "tls-passthrough"]
+_ClusterProtocol = Literal["http1", "http2", "auto"]
+_Alpn = Literal["h2", "http/1.1"]
 _Lb = Annotated[
     Literal["round_robin"],
     _only(
@@ -127,7 +130,8 @@ _Path = Annotated[str | None, AfterValidator(_check_path)]
 
 
 class RouteMatch(_Model):
-    """Which requests a route takes: exactly one of ``path`` and ``path_prefix``."""
+    """Which requests a route takes: exactly one of ``path`` and ``path_prefix`` on an HTTP
+    listener; ``sni`` alone on a ``tls-passthrough`` listener."""
 
     path: _Path = Field(
         default=None,
@@ -139,11 +143,32 @@ class RouteMatch(_Model):
         "`/` matches every request.",
     )
 
+    sni: str | None = Field(
+        default=None,
+        description="`tls-passthrough` listeners only: the TLS server name (exact, "
+        "`*.suffix`, or `*` for any, including none).",
+    )
+
     @model_validator(mode="after")
     def _exactly_one(self) -> RouteMatch:
-        if (self.path is None) == (self.path_prefix is None):
+        if self.sni is not None:
+            if self.path is not None or self.path_prefix is not None:
+                raise ValueError("'sni' matches alone: set no 'path' or 'path_prefix' with it")
+            _check_sni(self.sni)
+        elif (self.path is None) == (self.path_prefix is None):
             raise ValueError("set exactly one of 'path' and 'path_prefix'")
         return self
+
+
+_SNI_LABEL = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def _check_sni(value: str) -> None:
+    if value == "*":
+        return
+    name = value.removeprefix("*.")
+    if not name or not all(_SNI_LABEL.match(label) for label in name.split(".")):
+        raise ValueError(f"sni {value!r} is not a server name, a *.suffix wildcard, or '*'")
 
 
 class WeightedCluster(_Model):
@@ -176,6 +201,59 @@ class Route(_Model):
     )
 
 
+class Certificate(_Model):
+    """A certificate chain and its private key, as PEM files."""
+
+    cert: str = Field(min_length=1, description="PEM file: the certificate chain, leaf first.")
+    key: str = Field(min_length=1, description="PEM file: the private key (PKCS#8, #1 or SEC1).")
+
+
+class ListenerTls(_Model):
+    """TLS termination: give ``cert`` and ``key``, or ``certificates`` to serve several names
+    (the first whose names cover the client's SNI is used; the first is the default)."""
+
+    cert: str | None = Field(default=None, description="PEM certificate chain (one cert).")
+    key: str | None = Field(default=None, description="PEM private key (with `cert`).")
+    certificates: list[Certificate] = Field(
+        default_factory=list, description="Several certificates, chosen by SNI."
+    )
+    alpn: list[_Alpn] = Field(
+        default_factory=lambda: ["h2", "http/1.1"],
+        min_length=1,
+        description="ALPN protocols offered, most preferred first. Default `[h2, http/1.1]`.",
+    )
+    min_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description='Oldest TLS version accepted: `"1.2"` or `"1.3"`.'
+    )
+    client_ca: str | None = Field(
+        default=None,
+        description="PEM file of CAs that client certificates must chain to; a presented "
+        "certificate that does not is refused. Default: client certificates are not asked for.",
+    )
+    require_client_certificate: bool = Field(
+        default=False,
+        description="With `client_ca`: refuse clients that present no certificate.",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ListenerTls:
+        single = self.cert is not None or self.key is not None
+        if single and self.certificates:
+            raise ValueError("give either 'cert' and 'key' or 'certificates', not both")
+        if single and (self.cert is None or self.key is None):
+            raise ValueError("'cert' and 'key' go together")
+        if not single and not self.certificates:
+            raise ValueError("give 'cert' and 'key', or 'certificates'")
+        if self.require_client_certificate and self.client_ca is None:
+            raise ValueError("'require_client_certificate' needs 'client_ca'")
+        return self
+
+    def all_certificates(self) -> list[Certificate]:
+        if self.cert is not None and self.key is not None:
+            return [Certificate(cert=self.cert, key=self.key)]
+        return list(self.certificates)
+
+
 class Listener(_Model):
     """An address the proxy accepts connections on, and its routes."""
 
@@ -186,12 +264,27 @@ class Listener(_Model):
     )
     protocol: _Protocol = Field(
         default="http",
-        description="Protocol spoken by clients: only `http` (HTTP/1.1) in this version.",
+        description="`http`: HTTP/1.1 and HTTP/2 on one port (h2c by prior knowledge, h2 by "
+        "ALPN with `tls`); `tcp`: raw bytes to the clusters in `to`; `tls-passthrough`: TLS "
+        "routed by the ClientHello's server name (`routes` with `match.sni`), not terminated.",
     )
     routes: list[Route] = Field(
         default_factory=list,
-        description="Routes in order; the first that matches takes the request. A request no "
-        "route matches gets 404. Default: none.",
+        description="Routes in order; the first that matches takes the request (a connection, "
+        "for `tls-passthrough`). An HTTP request no route matches gets 404. Default: none.",
+    )
+    tls: ListenerTls | None = Field(
+        default=None, description="`http` listeners: terminate TLS. Default: plaintext."
+    )
+    to: list[WeightedCluster] = Field(
+        default_factory=list,
+        description="`tcp` listeners (required there): destination clusters with weights.",
+    )
+    idle_timeout: Duration = Field(
+        default="1h",
+        validate_default=True,
+        description="`tcp` and `tls-passthrough` listeners: a connection with no bytes either "
+        "way for this long is closed.",
     )
 
 
@@ -211,6 +304,27 @@ class PoolConfig(_Model):
         default="90s",
         validate_default=True,
         description="How long an idle pooled connection is kept before it is closed.",
+    )
+
+
+class ClusterTls(_Model):
+    """TLS from the proxy to a cluster's endpoints."""
+
+    sni: str | None = Field(
+        default=None,
+        description="Server name sent and verified. Default: the endpoint's host.",
+    )
+    ca: str | None = Field(
+        default=None, description="PEM file of trusted CAs. Default: the system's roots."
+    )
+    alpn: list[_Alpn] | None = Field(
+        default=None,
+        min_length=1,
+        description="ALPN protocols offered. Default: from `protocol` (`http1`: http/1.1, "
+        "`http2`: h2, `auto`: both).",
+    )
+    client_certificate: Certificate | None = Field(
+        default=None, description="Certificate and key presented for mutual TLS."
     )
 
 
@@ -235,6 +349,39 @@ class Cluster(_Model):
         default_factory=PoolConfig,
         description="Reuse of upstream connections.",
     )
+    protocol: _ClusterProtocol = Field(
+        default="http1",
+        description="`http1`; `http2` (h2c by prior knowledge over plaintext, h2 over TLS); "
+        "`auto`: what TLS ALPN picks (HTTP/1.1 over plaintext). With `tls.alpn` and no "
+        "`protocol`, the protocol follows the ALPN list.",
+    )
+    tls: ClusterTls | None = Field(
+        default=None, description="Originate TLS to the endpoints. Default: plaintext."
+    )
+
+    @model_validator(mode="after")
+    def _alpn_fits_protocol(self) -> Cluster:
+        if self.tls is None or self.tls.alpn is None:
+            return self
+        implied = _protocol_for_alpn(self.tls.alpn)
+        if "protocol" in self.model_fields_set and self.protocol != implied:
+            raise ValueError(
+                f"tls.alpn {self.tls.alpn} means protocol {implied!r}, not {self.protocol!r}"
+            )
+        return self
+
+    def effective_protocol(self) -> str:
+        """The protocol, or the one ``tls.alpn`` implies when no protocol was given."""
+        explicit = "protocol" in self.model_fields_set
+        if self.tls is not None and self.tls.alpn is not None and not explicit:
+            return _protocol_for_alpn(self.tls.alpn)
+        return self.protocol
+
+
+def _protocol_for_alpn(alpn: list[str]) -> str:
+    if set(alpn) == {"h2", "http/1.1"}:
+        return "auto"
+    return "http2" if alpn == ["h2"] else "http1"
 
 
 # === the whole config ===
@@ -346,6 +493,10 @@ def check_config(cfg: MeshConfig) -> None:
                 )
             else:
                 addresses[key] = i
+        _check_protocol(listener, at, err)
+        for k, dest in enumerate(listener.to):
+            if dest.cluster not in clusters:
+                err(f"{at}.to.{k}.cluster", f"unknown cluster {dest.cluster!r}")
         route_names: dict[str, int] = {}
         for j, route in enumerate(listener.routes):
             name = route_name(route, j)
@@ -363,6 +514,28 @@ def check_config(cfg: MeshConfig) -> None:
                 err(f"{at}.routes.{j}.to", "the weights sum to 0; at least one must be above 0")
     if errors:
         raise ConfigError(errors)
+
+
+def _check_protocol(listener: Listener, at: str, err: Callable[[str, str], None]) -> None:
+    """What each listener protocol takes: routes by path (http), `to` (tcp), routes by SNI
+    (tls-passthrough); TLS termination on http only."""
+    proto = listener.protocol
+    if proto != "tcp" and listener.to:
+        err(f"{at}.to", f"only a tcp listener takes 'to' (this one is {proto})")
+    if proto != "http" and listener.tls is not None:
+        err(f"{at}.tls", f"only an http listener terminates TLS (this one is {proto})")
+    if proto == "tcp":
+        if listener.routes:
+            err(f"{at}.routes", "a tcp listener has no routes; give 'to'")
+        if not listener.to:
+            err(f"{at}.to", "a tcp listener needs at least one cluster in 'to'")
+        elif sum(d.weight for d in listener.to) == 0:
+            err(f"{at}.to", "the weights sum to 0; at least one must be above 0")
+    for j, route in enumerate(listener.routes):
+        if proto == "tls-passthrough" and route.match.sni is None:
+            err(f"{at}.routes.{j}.match.sni", "a tls-passthrough route matches by 'sni'")
+        if proto == "http" and route.match.sni is not None:
+            err(f"{at}.routes.{j}.match.sni", "only tls-passthrough routes match by 'sni'")
 
 
 def _from_pydantic(exc: ValidationError) -> ConfigError:

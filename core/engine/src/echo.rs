@@ -3,7 +3,8 @@
 //! `GET /` answers a small body; `?size=N` an N-byte body (streamed from one shared buffer,
 //! so any size costs no memory); `?status=S` that status; `?delay=250ms` answers after the
 //! delay; `POST`/`PUT` stream the request body back; `/healthz` is 200. Every response
-//! carries `server-id`.
+//! carries `server-id`, and `echo-http-version` says which HTTP version the request came in
+//! (`HTTP/1.1` or `HTTP/2`: the server takes h2c by prior knowledge too).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -91,14 +92,19 @@ pub(crate) async fn respond(
         tokio::time::sleep(delay).await;
     }
     let status = query.status.unwrap_or(StatusCode::OK);
+    let version = HeaderValue::from_static(match req.version() {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    });
     if req.uri().path() == "/healthz" {
-        return Ok(reply(&echo, StatusCode::OK, EchoBody::Full(Some(Bytes::from_static(b"ok\n")))));
+        return Ok(versioned(reply(&echo, StatusCode::OK, EchoBody::Full(Some(Bytes::from_static(b"ok\n")))), version));
     }
     let no_body = req.method() == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     if no_body {
-        return Ok(reply(&echo, status, EchoBody::Full(None)));
+        return Ok(versioned(reply(&echo, status, EchoBody::Full(None)), version));
     }
     if req.method() == Method::POST || req.method() == Method::PUT {
         let length = req.headers().get(CONTENT_LENGTH).cloned();
@@ -106,13 +112,18 @@ pub(crate) async fn respond(
         if let Some(len) = length {
             resp.headers_mut().insert(CONTENT_LENGTH, len);
         }
-        return Ok(resp);
+        return Ok(versioned(resp, version));
     }
     let body = match query.size {
         Some(n) => EchoBody::Sized { remaining: n },
         None => EchoBody::Full(Some(echo.hello.clone())),
     };
-    Ok(reply(&echo, status, body))
+    Ok(versioned(reply(&echo, status, body), version))
+}
+
+fn versioned(mut resp: Response<EchoBody>, version: HeaderValue) -> Response<EchoBody> {
+    resp.headers_mut().insert("echo-http-version", version);
+    resp
 }
 
 fn reply(echo: &Echo, status: StatusCode, body: EchoBody) -> Response<EchoBody> {

@@ -6,14 +6,15 @@ fn snapshot(extra_route: &str, clusters: &str) -> Snapshot {
         r#"{{"version": 4,
             "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "routes": [
                 {{"name": "r0", "match": {{"path": null, "path_prefix": "/"}},
-                  "to": [{{"cluster": "a", "weight": 1}}]}}{extra_route}]}}],
+                  "to": [{{"cluster": "a", "weight": 1}}]}}{extra_route}],
+                "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}],
             "clusters": [{clusters}]}}"#
     );
     Snapshot::from_json(&text).unwrap()
 }
 
 const CLUSTER_A: &str = r#"{"name": "a", "endpoints": ["127.0.0.1:9"], "lb": "round_robin",
-    "connect_timeout_ms": 100, "max_idle_per_endpoint": 4, "idle_timeout_ms": 1000}"#;
+    "connect_timeout_ms": 100, "max_idle_per_endpoint": 4, "idle_timeout_ms": 1000, "protocol": "http1", "tls": null}"#;
 
 fn compile_err(snap: &Snapshot) -> Error {
     compile(snap, &[0], &Metrics::default(), &UpstreamCache::new()).unwrap_err()
