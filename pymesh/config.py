@@ -10,7 +10,7 @@ and the admin API's OpenAPI document are generated from them. ``load_config`` an
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -201,6 +201,10 @@ class Route(_Model):
     )
 
 
+def _default_alpn() -> list[_Alpn]:
+    return ["h2", "http/1.1"]
+
+
 class Certificate(_Model):
     """A certificate chain and its private key, as PEM files."""
 
@@ -218,7 +222,7 @@ class ListenerTls(_Model):
         default_factory=list, description="Several certificates, chosen by SNI."
     )
     alpn: list[_Alpn] = Field(
-        default_factory=lambda: ["h2", "http/1.1"],
+        default_factory=_default_alpn,
         min_length=1,
         description="ALPN protocols offered, most preferred first. Default `[h2, http/1.1]`.",
     )
@@ -378,7 +382,7 @@ class Cluster(_Model):
         return self.protocol
 
 
-def _protocol_for_alpn(alpn: list[str]) -> str:
+def _protocol_for_alpn(alpn: Sequence[str]) -> str:
     if set(alpn) == {"h2", "http/1.1"}:
         return "auto"
     return "http2" if alpn == ["h2"] else "http1"
@@ -474,6 +478,7 @@ def check_config(cfg: MeshConfig) -> None:
             )
         else:
             clusters[cluster.name] = i
+        _check_cluster_files(cluster, f"clusters.{i}", err)
 
     listener_names: dict[str, int] = {}
     addresses: dict[tuple[str, int], int] = {}
@@ -516,10 +521,39 @@ def check_config(cfg: MeshConfig) -> None:
         raise ConfigError(errors)
 
 
+def _check_file(path: str, loc: str, err: Callable[[str, str], None]) -> None:
+    """A file the core will read when the config is applied: say so now if it cannot."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        err(loc, f"cannot read {path}: {e.strerror or e}")
+
+
+def _check_cluster_files(cluster: Cluster, at: str, err: Callable[[str, str], None]) -> None:
+    if cluster.tls is None:
+        return
+    if cluster.tls.ca is not None:
+        _check_file(cluster.tls.ca, f"{at}.tls.ca", err)
+    if cluster.tls.client_certificate is not None:
+        _check_file(cluster.tls.client_certificate.cert, f"{at}.tls.client_certificate.cert", err)
+        _check_file(cluster.tls.client_certificate.key, f"{at}.tls.client_certificate.key", err)
+
+
 def _check_protocol(listener: Listener, at: str, err: Callable[[str, str], None]) -> None:
     """What each listener protocol takes: routes by path (http), `to` (tcp), routes by SNI
     (tls-passthrough); TLS termination on http only."""
     proto = listener.protocol
+    if listener.tls is not None:
+        t = listener.tls
+        if t.cert is not None and t.key is not None:
+            _check_file(t.cert, f"{at}.tls.cert", err)
+            _check_file(t.key, f"{at}.tls.key", err)
+        for n, c in enumerate(t.certificates):
+            _check_file(c.cert, f"{at}.tls.certificates.{n}.cert", err)
+            _check_file(c.key, f"{at}.tls.certificates.{n}.key", err)
+        if t.client_ca is not None:
+            _check_file(t.client_ca, f"{at}.tls.client_ca", err)
     if proto != "tcp" and listener.to:
         err(f"{at}.to", f"only a tcp listener takes 'to' (this one is {proto})")
     if proto != "http" and listener.tls is not None:

@@ -93,7 +93,7 @@ def test_defaults() -> None:
     assert listener["protocol"] == "http"
     assert listener["routes"][0] == {
         "name": None,
-        "match": {"path": None, "path_prefix": "/"},
+        "match": {"path": None, "path_prefix": "/", "sni": None},
         "to": [{"cluster": "a", "weight": 1}],
     }
     assert cfg.model_dump(mode="json")["clusters"][0] == {
@@ -102,6 +102,8 @@ def test_defaults() -> None:
         "lb": "round_robin",
         "connect_timeout": "1s",
         "pool": {"max_idle_per_endpoint": 1024, "idle_timeout": "90s"},
+        "protocol": "http1",
+        "tls": None,
     }
 
 
@@ -178,15 +180,16 @@ def test_names() -> None:
     assert errors_of(data).keys() == {"listeners.0.name", "clusters.0.name"}
 
 
-def test_protocol_and_lb_not_supported_yet() -> None:
+def test_lb_not_supported_yet_and_unknown_protocols() -> None:
     data = minimal()
-    data["listeners"][0]["protocol"] = "tcp"
     data["clusters"][0]["lb"] = "least_request"
-    errors = errors_of(data)
-    assert "not supported yet" in errors["listeners.0.protocol"]
-    assert "not supported yet" in errors["clusters.0.lb"]
+    assert "not supported yet" in errors_of(data)["clusters.0.lb"]
+    data = minimal()
     data["listeners"][0]["protocol"] = "gopher"
-    assert "unknown protocol" in errors_of(data)["listeners.0.protocol"]
+    assert "listeners.0.protocol" in errors_of(data)
+    data = minimal()
+    data["clusters"][0]["protocol"] = "spdy"
+    assert "clusters.0.protocol" in errors_of(data)
 
 
 @pytest.mark.parametrize(
@@ -375,6 +378,11 @@ def test_snapshot_json(tmp_path: Path) -> None:
                         "to": [{"cluster": "v2", "weight": 10}, {"cluster": "v1", "weight": 90}],
                     }
                 ],
+                "protocol": "http",
+                "tls": None,
+                "to": [],
+                "sni_routes": [],
+                "idle_timeout_ms": 3600000,
             }
         ],
         "clusters": [
@@ -385,6 +393,8 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "connect_timeout_ms": 1000,
                 "max_idle_per_endpoint": 1024,
                 "idle_timeout_ms": 90000,
+                "protocol": "http1",
+                "tls": None,
             },
             {
                 "name": "v2",
@@ -393,6 +403,8 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "connect_timeout_ms": 250,
                 "max_idle_per_endpoint": 8,
                 "idle_timeout_ms": 60000,
+                "protocol": "http1",
+                "tls": None,
             },
         ],
     }

@@ -2,7 +2,8 @@
 //!
 //! `GET /` answers a small body; `?size=N` an N-byte body (streamed from one shared buffer,
 //! so any size costs no memory); `?status=S` that status; `?delay=250ms` answers after the
-//! delay; `POST`/`PUT` stream the request body back; `/healthz` is 200. Every response
+//! delay; `POST`/`PUT` stream the request body back (`?sink` instead reads it all, keeps none,
+//! and answers `received N`); `/healthz` is 200. Every response
 //! carries `server-id`, and `echo-http-version` says which HTTP version the request came in
 //! (`HTTP/1.1` or `HTTP/2`: the server takes h2c by prior knowledge too).
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// The longest `?delay=` honoured: bounded so that a typo cannot pin a connection forever.
@@ -40,6 +42,7 @@ struct Query {
     size: Option<u64>,
     status: Option<StatusCode>,
     delay: Option<Duration>,
+    sink: bool,
 }
 
 fn parse_query(q: &str) -> Result<Query, String> {
@@ -59,6 +62,7 @@ fn parse_query(q: &str) -> Result<Query, String> {
                 let d = parse_duration(v).ok_or_else(|| format!("delay={v} is not a duration like 250ms"))?;
                 out.delay = Some(d.min(MAX_DELAY));
             }
+            "sink" => out.sink = true,
             _ => {}
         }
     }
@@ -98,13 +102,29 @@ pub(crate) async fn respond(
         _ => "HTTP/1.1",
     });
     if req.uri().path() == "/healthz" {
-        return Ok(versioned(reply(&echo, StatusCode::OK, EchoBody::Full(Some(Bytes::from_static(b"ok\n")))), version));
+        return Ok(versioned(
+            reply(&echo, StatusCode::OK, EchoBody::Full(Some(Bytes::from_static(b"ok\n")))),
+            version,
+        ));
     }
     let no_body = req.method() == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     if no_body {
         return Ok(versioned(reply(&echo, status, EchoBody::Full(None)), version));
+    }
+    if query.sink {
+        // Read the whole request body, keep none of it, and say how much came.
+        let mut body = req.into_body();
+        let mut received: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => received += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => return Ok(reply(&echo, StatusCode::BAD_REQUEST, EchoBody::Full(None))),
+            }
+        }
+        let text = Bytes::from(format!("received {received}\n"));
+        return Ok(versioned(reply(&echo, status, EchoBody::Full(Some(text))), version));
     }
     if req.method() == Method::POST || req.method() == Method::PUT {
         let length = req.headers().get(CONTENT_LENGTH).cloned();

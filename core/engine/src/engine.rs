@@ -178,9 +178,14 @@ impl Engine {
         let stats = self.shared.metrics.listener(name);
         let shared = Arc::clone(&self.shared);
         let builder = Arc::new(server::builder());
-        listener::serve(socket, Arc::clone(&stats.active_connections), Some(stats), move |stream, _peer, stop| {
-            listener::proxy_connection(Arc::clone(&shared), Arc::clone(&builder), slot, stream, stop)
-        })
+        listener::serve(
+            socket,
+            Arc::clone(&stats.active_connections),
+            Some(stats),
+            move |stream, _peer, stop| {
+                listener::proxy_connection(Arc::clone(&shared), Arc::clone(&builder), slot, stream, stop)
+            },
+        )
         .map_err(|e| Error::internal(format!("cannot serve listener {name}: {e}")))
     }
 

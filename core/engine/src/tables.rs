@@ -11,9 +11,9 @@ use crate::cluster::Cluster;
 use crate::config::{ListenerProtocol, ListenerSpec, MatchSpec, Snapshot, WeightedClusterSpec};
 use crate::error::Error;
 use crate::http::client::{PoolSettings, Upstream};
-use crate::tcp::{SniPattern, SniRouter, Split};
 use crate::metrics::{Metrics, StatusCounters};
 use crate::router::{PathMatch, Route, Router, Target};
+use crate::tcp::{SniPattern, SniRouter, Split};
 
 /// One listener's compiled routes and metric handles.
 #[derive(Debug)]
@@ -29,9 +29,17 @@ pub(crate) struct ListenerTable {
 #[derive(Debug)]
 pub(crate) enum ListenerKind {
     /// HTTP/1.1 and HTTP/2; TLS first when configured.
-    Http { tls: Option<Arc<rustls::ServerConfig>> },
-    Tcp { split: Split, idle: Duration },
-    TlsPassthrough { router: SniRouter, idle: Duration },
+    Http {
+        tls: Option<Arc<rustls::ServerConfig>>,
+    },
+    Tcp {
+        split: Split,
+        idle: Duration,
+    },
+    TlsPassthrough {
+        router: SniRouter,
+        idle: Duration,
+    },
 }
 
 /// Everything a request reads, swapped as one value.
@@ -191,7 +199,8 @@ fn compile_kind(
             let mut routes = Vec::with_capacity(spec.sni_routes.len());
             for (j, r) in spec.sni_routes.iter().enumerate() {
                 let rpath = format!("{path}.sni_routes.{j}");
-                let pattern = SniPattern::parse(&r.sni).map_err(|m| Error::config(format!("{rpath}.sni"), m))?;
+                let pattern =
+                    SniPattern::parse(&r.sni).map_err(|m| Error::config(format!("{rpath}.sni"), m))?;
                 routes.push((pattern, split(&r.to, &format!("{rpath}.to"), clusters)?));
             }
             Ok(ListenerKind::TlsPassthrough { router: SniRouter { routes: routes.into() }, idle: idle()? })
@@ -199,12 +208,16 @@ fn compile_kind(
     }
 }
 
-fn split(to: &[WeightedClusterSpec], path: &str, clusters: &BTreeMap<String, Arc<Cluster>>) -> Result<Split, Error> {
+fn split(
+    to: &[WeightedClusterSpec],
+    path: &str,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+) -> Result<Split, Error> {
     let mut weighted = Vec::with_capacity(to.len());
     for (k, w) in to.iter().enumerate() {
-        let cluster = clusters
-            .get(&w.cluster)
-            .ok_or_else(|| Error::config(format!("{path}.{k}.cluster"), format!("unknown cluster {:?}", w.cluster)))?;
+        let cluster = clusters.get(&w.cluster).ok_or_else(|| {
+            Error::config(format!("{path}.{k}.cluster"), format!("unknown cluster {:?}", w.cluster))
+        })?;
         weighted.push((w.weight, Arc::clone(cluster)));
     }
     if weighted.iter().map(|(w, _)| u64::from(*w)).sum::<u64>() == 0 {

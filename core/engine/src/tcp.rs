@@ -61,7 +61,9 @@ impl SniPattern {
         }
         let name = lower.strip_prefix("*.").unwrap_or(&lower);
         let valid = !name.is_empty()
-            && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            && name
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         if !valid {
             return Err(format!("{text:?} is not a server name, a *.suffix wildcard, or *"));
         }
@@ -149,7 +151,8 @@ async fn peek_sni(stream: &TcpStream) -> io::Result<Option<String>> {
 async fn relay(mut down: TcpStream, cluster: &Cluster, idle: Duration) -> io::Result<()> {
     let endpoint = cluster.pick();
     let stats = &cluster.upstream.stats;
-    let target = (endpoint.host().trim_start_matches('[').trim_end_matches(']'), endpoint.port_u16().unwrap_or(0));
+    let target =
+        (endpoint.host().trim_start_matches('[').trim_end_matches(']'), endpoint.port_u16().unwrap_or(0));
     let connect = tokio::time::timeout(cluster.upstream.settings.connect_timeout, TcpStream::connect(target));
     let mut up = match connect.await {
         Ok(Ok(s)) => s,

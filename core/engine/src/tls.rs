@@ -41,7 +41,8 @@ fn read_certs(file: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, Er
 }
 
 fn read_key(file: &str, path: &str) -> Result<PrivateKeyDer<'static>, Error> {
-    PrivateKeyDer::from_pem_file(file).map_err(|e| Error::config(path, format!("cannot read a private key from {file}: {e}")))
+    PrivateKeyDer::from_pem_file(file)
+        .map_err(|e| Error::config(path, format!("cannot read a private key from {file}: {e}")))
 }
 
 fn read_roots(file: &str, path: &str) -> Result<RootCertStore, Error> {
@@ -52,11 +53,16 @@ fn read_roots(file: &str, path: &str) -> Result<RootCertStore, Error> {
     Ok(roots)
 }
 
-fn certified_key(spec: &CertificateSpec, path: &str, provider: &CryptoProvider) -> Result<CertifiedKey, Error> {
+fn certified_key(
+    spec: &CertificateSpec,
+    path: &str,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, Error> {
     let chain = read_certs(&spec.cert, &format!("{path}.cert"))?;
     let key = read_key(&spec.key, &format!("{path}.key"))?;
-    let key = CertifiedKey::from_der(chain, key, provider)
-        .map_err(|e| Error::config(format!("{path}.key"), format!("the key does not fit the certificate: {e}")))?;
+    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        Error::config(format!("{path}.key"), format!("the key does not fit the certificate: {e}"))
+    })?;
     Ok(key)
 }
 
@@ -86,7 +92,8 @@ pub(crate) fn server_config(spec: &ServerTlsSpec, path: &str) -> Result<Arc<Serv
             let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider));
             let verifier =
                 if spec.require_client_certificate { verifier } else { verifier.allow_unauthenticated() };
-            let verifier = verifier.build().map_err(|e| Error::config(format!("{path}.client_ca"), e.to_string()))?;
+            let verifier =
+                verifier.build().map_err(|e| Error::config(format!("{path}.client_ca"), e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -130,7 +137,10 @@ pub(crate) fn client_config(spec: &ClientTlsSpec, path: &str) -> Result<ClientCo
             let mut roots = RootCertStore::empty();
             let (_added, _ignored) = roots.add_parsable_certificates(found.certs);
             if roots.is_empty() {
-                return Err(Error::config(format!("{path}.ca"), "no CA given and the system has no root certificates"));
+                return Err(Error::config(
+                    format!("{path}.ca"),
+                    "no CA given and the system has no root certificates",
+                ));
             }
             roots
         }

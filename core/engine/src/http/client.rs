@@ -13,10 +13,10 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
-use rustls_pki_types::ServerName;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
 use tower_service::Service;
 
 use crate::config::ClusterProtocol;
@@ -70,7 +70,10 @@ impl Upstream {
         let (pool, scheme) = match tls {
             None => {
                 builder.http2_only(settings.protocol == ClusterProtocol::Http2);
-                (Pool::Plain(builder.build(CountingConnector { inner: http, stats: Arc::clone(&stats) })), http::uri::Scheme::HTTP)
+                (
+                    Pool::Plain(builder.build(CountingConnector { inner: http, stats: Arc::clone(&stats) })),
+                    http::uri::Scheme::HTTP,
+                )
             }
             Some((config, sni)) => {
                 http.enforce_http(false);
@@ -87,7 +90,10 @@ impl Upstream {
                     ClusterProtocol::Auto => b.enable_all_versions().wrap_connector(http),
                 };
                 builder.http2_only(settings.protocol == ClusterProtocol::Http2);
-                (Pool::Tls(builder.build(CountingConnector { inner: https, stats: Arc::clone(&stats) })), http::uri::Scheme::HTTPS)
+                (
+                    Pool::Tls(builder.build(CountingConnector { inner: https, stats: Arc::clone(&stats) })),
+                    http::uri::Scheme::HTTPS,
+                )
             }
         };
         Self { pool, stats, settings, scheme }

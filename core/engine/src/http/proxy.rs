@@ -83,9 +83,11 @@ fn upstream_uri(cluster: &Cluster, req: &mut Request<Incoming>) -> Result<Uri, (
 fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
-        && req.headers().get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-        })
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
 async fn forward(cluster: &Cluster, mut req: Request<Incoming>) -> Response<ProxyBody> {
