@@ -74,3 +74,7 @@ def run_bench(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the load generator with the GIL released; see ``pymesh.bench.run``."""
+
+def regex_error(pattern: str) -> str | None:
+    """Why the core would refuse ``pattern`` as a route regex (anchored, ``regex`` crate
+    syntax), or None if it compiles."""
