@@ -497,7 +497,7 @@ class Route(_Model):
         description="Unique within the listener; used in metrics. Default: `route-<index>`.",
     )
     match: RouteMatch = Field(
-        default_factory=RouteMatch,
+        default_factory=lambda: RouteMatch(path_prefix="/"),
         description="Which requests this route takes. Default: every request (`{path_prefix: /}`).",
     )
     to: Annotated[list[WeightedCluster], Field(min_length=1)] | None = Field(
@@ -823,7 +823,8 @@ def _shadowed_routes(routes: list[Route], at: str) -> list[tuple[str, str]]:
 def _from_pydantic(exc: ValidationError) -> ConfigError:
     items: list[ErrorItem] = []
     for e in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(part) for part in e["loc"]) or ROOT_LOC
+        # A bad mapping key is reported at the key itself, without pydantic's "[key]" part.
+        loc = ".".join(str(part) for part in e["loc"] if part != "[key]") or ROOT_LOC
         msg = e["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)

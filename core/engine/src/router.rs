@@ -58,7 +58,12 @@ pub(crate) fn compile_anchored(pattern: &str) -> Result<Regex, String> {
     const SIZE_LIMIT: usize = 1 << 20;
     let build = |p: &str| {
         regex::RegexBuilder::new(p).size_limit(SIZE_LIMIT).build().map_err(|e| match e {
-            regex::Error::Syntax(msg) => format!("invalid regex: {msg}"),
+            // The crate's message draws a caret under the pattern over several lines; the
+            // last line says what is wrong, which is what fits in a one-line error.
+            regex::Error::Syntax(msg) => {
+                let what = msg.lines().rev().find_map(|l| l.strip_prefix("error: ")).unwrap_or(&msg);
+                format!("invalid regex: {what}")
+            }
             regex::Error::CompiledTooBig(_) => "the regex is too large once compiled".to_owned(),
             other => format!("invalid regex: {other}"),
         })

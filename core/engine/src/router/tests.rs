@@ -156,6 +156,8 @@ fn bad_regexes_and_paths_are_refused_with_their_field() {
         assert_eq!(err.path, "m.path_regex", "{bad}");
         assert!(err.message.starts_with("invalid regex"), "{bad}: {err}");
     }
+    let lookaround = compile_err(json!({"path_regex": "(?=x)"})).message;
+    assert!(!lookaround.contains('\n') && lookaround.contains("look-around"), "{lookaround}");
     assert!(compile_anchored("a{1000}{1000}").unwrap_err().contains("too large"));
     assert_eq!(compile_err(json!({"path": "x"})).path, "m.path");
     assert_eq!(compile_err(json!({"path_prefix": "/a b"})).path, "m.path_prefix");
