@@ -2,7 +2,15 @@
 
 from typing import Any, final
 
-__all__ = ["ApplyError", "BindError", "Core", "CoreError", "__version__", "run_bench"]
+__all__ = [
+    "ApplyError",
+    "BindError",
+    "Core",
+    "CoreError",
+    "__version__",
+    "regex_error",
+    "run_bench",
+]
 
 __version__: str
 
