@@ -9,7 +9,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pymesh.config import Cluster, Listener, MeshConfig, route_name
+from pymesh.config import (
+    Cluster,
+    HeaderActions,
+    HeaderMatch,
+    Listener,
+    MeshConfig,
+    QueryMatch,
+    Rewrite,
+    Route,
+    RouteMatch,
+    route_name,
+)
 from pymesh.durations import to_millis
 
 __all__ = ["to_snapshot", "to_snapshot_json"]
@@ -33,14 +44,59 @@ def _listener(lst: Listener) -> dict[str, Any]:
     return {
         "name": lst.name,
         "listen": lst.listen,
-        "routes": [
-            {
-                "name": route_name(route, i),
-                "match": {"path": route.match.path, "path_prefix": route.match.path_prefix},
-                "to": [{"cluster": d.cluster, "weight": d.weight} for d in route.to],
-            }
-            for i, route in enumerate(lst.routes)
-        ],
+        "routes": [_route(route, i) for i, route in enumerate(lst.routes)],
+    }
+
+
+def _route(route: Route, index: int) -> dict[str, Any]:
+    rewrite = route.rewrite or Rewrite()
+    redirect = route.redirect
+    direct = route.direct_response
+    return {
+        "name": route_name(route, index),
+        "match": _match(route.match),
+        "to": [{"cluster": d.cluster, "weight": d.weight} for d in route.to or []],
+        "direct_response": None
+        if direct is None
+        else {"status": direct.status, "body": direct.body},
+        "redirect": None
+        if redirect is None
+        else {
+            "status": redirect.status,
+            "scheme": redirect.scheme,
+            "host": redirect.host,
+            "path": redirect.path,
+            "prefix_rewrite": redirect.prefix_rewrite,
+            "strip_query": redirect.strip_query,
+        },
+        "rewrite": {"path_prefix": rewrite.path_prefix, "host": rewrite.host},
+        "request_headers": _header_actions(route.request_headers),
+        "response_headers": _header_actions(route.response_headers),
+    }
+
+
+def _match(m: RouteMatch) -> dict[str, Any]:
+    kind, value = m.path_condition()
+    paths: dict[str, str | None] = {"path": None, "path_prefix": None, "path_regex": None}
+    paths[kind] = value
+    return {
+        "host": m.host,
+        **paths,
+        "methods": list(m.methods),
+        "headers": [_value_match(c) for c in m.headers],
+        "query": [_value_match(c) for c in m.query],
+    }
+
+
+def _value_match(c: HeaderMatch | QueryMatch) -> dict[str, Any]:
+    return {"name": c.name, "exact": c.exact, "regex": c.regex, "present": c.present}
+
+
+def _header_actions(h: HeaderActions) -> dict[str, Any]:
+    return {
+        "set": [{"name": n, "value": v} for n, v in h.set.items()],
+        "add": [{"name": n, "value": v} for n, v in h.add.items()],
+        "remove": list(h.remove),
     }
 
 

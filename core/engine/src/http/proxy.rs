@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use super::headers::strip_hop_by_hop;
 use super::{local_reply, ProxyBody};
 use crate::engine::Shared;
+use crate::router::RouteAction;
 
 /// Serve one request that arrived on the listener in `slot`.
 pub(crate) async fn handle(
@@ -30,8 +31,12 @@ pub(crate) async fn handle(
             // The listener was removed from the config while this connection was open.
             return Ok(local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"));
         };
-        match listener.router.find(req.uri().path()) {
-            Some(route) => Arc::clone(route.pick()),
+        // --- routing: match, then forward or answer locally (http/actions.rs) ---
+        match listener.router.find(&req) {
+            Some(route) => match &route.action {
+                RouteAction::Forward(weighted) => Arc::clone(weighted.pick()),
+                RouteAction::Local(local) => return Ok(local.respond(&req, start)),
+            },
             None => {
                 listener.unrouted.record(404);
                 return Ok(local_reply(StatusCode::NOT_FOUND, "no route matched\n"));
@@ -46,15 +51,23 @@ pub(crate) async fn handle(
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
-    let resp = match Uri::from_parts(parts) {
+    // --- routing: path-prefix rewrite ---
+    if let Some(rewritten) = target.actions.rewrite_path(parts.path_and_query.as_ref()) {
+        parts.path_and_query = Some(rewritten);
+    }
+    let mut resp = match Uri::from_parts(parts) {
         Ok(uri) => {
             *req.uri_mut() = uri;
             *req.version_mut() = Version::HTTP_11;
             strip_hop_by_hop(req.headers_mut());
+            // --- routing: host rewrite and request header edits ---
+            target.actions.apply_request(req.headers_mut());
             forward(&target.cluster, req).await
         }
         Err(_) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
     };
+    // --- routing: response header edits ---
+    target.actions.apply_response(resp.headers_mut());
     target.counters.record(resp.status().as_u16());
     target.route_stats.duration.record(start.elapsed());
     Ok(resp)
