@@ -9,6 +9,7 @@ and the admin API's OpenAPI document are generated from them. ``load_config`` an
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from pymesh._core import regex_error
 from pymesh.addresses import Endpoint, ListenAddress, listen_key
 from pymesh.documents import DocumentError, parse_document
 from pymesh.durations import Duration
@@ -36,10 +38,16 @@ __all__ = [
     "Certificate",
     "Cluster",
     "ClusterTls",
+    "DirectResponse",
+    "HeaderActions",
+    "HeaderMatch",
     "Listener",
     "ListenerTls",
     "MeshConfig",
     "PoolConfig",
+    "QueryMatch",
+    "Redirect",
+    "Rewrite",
     "Route",
     "RouteMatch",
     "WeightedCluster",
@@ -129,10 +137,213 @@ def _check_path(value: str | None) -> str | None:
 _Path = Annotated[str | None, AfterValidator(_check_path)]
 
 
-class RouteMatch(_Model):
-    """Which requests a route takes: exactly one of ``path`` and ``path_prefix`` on an HTTP
-    listener; ``sni`` alone on a ``tls-passthrough`` listener."""
+def _check_regex(value: str | None) -> str | None:
+    if value is None:
+        return None
+    problem = regex_error(value)
+    if problem is not None:
+        raise ValueError(f"{value!r}: {problem}")
+    return value
 
+
+_Regex = Annotated[
+    str | None,
+    AfterValidator(_check_regex),
+    Field(
+        description="A regular expression in the Rust `regex` crate's syntax (no look-around "
+        "or back-references), matched against the whole value: it is anchored at both ends "
+        "as if written `^(?:...)$`.",
+    ),
+]
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "transfer-encoding",
+        "content-length",
+        "te",
+        "trailer",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+    }
+)
+
+
+def _check_header_name(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
+    return value.lower()
+
+
+def _check_editable_header(value: str) -> str:
+    name = _check_header_name(value)
+    if name in _RESERVED_HEADERS:
+        raise ValueError(
+            f"{value!r} is managed by the proxy and cannot be edited"
+            + (" (use rewrite.host)" if name == "host" else "")
+        )
+    return name
+
+
+def _check_header_value(value: str | None) -> str | None:
+    if value is not None and not all(c == "\t" or " " <= c <= "~" for c in value):
+        raise ValueError(
+            f"{value!r} is not a header value (visible ASCII, spaces and tabs; no line breaks)"
+        )
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+"""A header name (an HTTP token), compared and sent in lowercase."""
+_EditableHeader = Annotated[str, AfterValidator(_check_editable_header)]
+_HeaderValue = Annotated[str, AfterValidator(_check_header_value)]
+
+
+def _check_method(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not an HTTP method")
+    if value != value.upper():
+        raise ValueError(f"{value!r}: methods are case-sensitive; write {value.upper()!r}")
+    return value
+
+
+_Method = Annotated[str, AfterValidator(_check_method)]
+
+_LABEL = re.compile(r"^[a-z0-9_-]+$")
+
+
+def _host_problem(name: str) -> str | None:
+    """Why ``name`` (lowercase, no wildcard) is not a host name or IP address, or None."""
+    if name.startswith("[") and name.endswith("]"):
+        try:
+            ipaddress.IPv6Address(name[1:-1])
+        except ValueError:
+            return "not an IPv6 address"
+        return None
+    if re.fullmatch(r".*:[0-9]*", name):
+        return "give the host without a port (the port is not matched)"
+    if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        return "not a host name or IP address"
+    return None
+
+
+def _check_host_pattern(value: str | None) -> str | None:
+    if value is None:
+        return None
+    lower = value.lower()
+    name = lower.removeprefix("*.")
+    problem = _host_problem(name)
+    if problem is not None:
+        raise ValueError(f"{value!r}: {problem}; write 'example.com' or '*.example.com'")
+    return lower
+
+
+_HostPattern = Annotated[str | None, AfterValidator(_check_host_pattern)]
+
+
+def _check_authority(value: str | None) -> str | None:
+    if value is None:
+        return None
+    host, port = value, None
+    if m := re.fullmatch(r"(.*):([0-9]{1,5})", value):
+        host, port = m.group(1), int(m.group(2))
+    problem = _host_problem(host.lower())
+    if problem is not None or (port is not None and not 1 <= port <= 65535):
+        raise ValueError(f"{value!r} is not a host or host:port")
+    return value
+
+
+_Authority = Annotated[str | None, AfterValidator(_check_authority)]
+
+
+def _check_query_name(value: str) -> str:
+    if not value or any(c in value for c in "&=#") or not value.isprintable() or " " in value:
+        raise ValueError(f"{value!r} is not a query parameter name (no '&', '=', '#' or spaces)")
+    return value
+
+
+def _check_query_value(value: str | None) -> str | None:
+    if value is not None and (any(c in value for c in "&#") or not value.isprintable()):
+        raise ValueError(f"{value!r} can never be a raw query value (no '&' or '#')")
+    return value
+
+
+class _ValueMatch(_Model):
+    @model_validator(mode="after")
+    def _exactly_one(self) -> _ValueMatch:
+        values = (
+            getattr(self, "exact", None),
+            getattr(self, "regex", None),
+            getattr(self, "present", None),
+        )
+        if sum(v is not None for v in values) != 1:
+            raise ValueError("set exactly one of 'exact', 'regex' and 'present'")
+        return self
+
+    def key(self) -> tuple[str, str, object]:
+        """What the condition tests, for comparing conditions."""
+        name = getattr(self, "name", "")
+        for kind in ("exact", "regex", "present"):
+            value = getattr(self, kind, None)
+            if value is not None:
+                return (name, kind, value)
+        return (name, "", None)  # pragma: no cover - _exactly_one forbids it
+
+
+class HeaderMatch(_ValueMatch):
+    """A condition on one request header."""
+
+    name: HeaderName = Field(description="The header's name (case-insensitive). Required.")
+    exact: Annotated[str | None, AfterValidator(_check_header_value)] = Field(
+        default=None, description="Holds if any of the header's values equals this."
+    )
+    regex: _Regex = Field(default=None)
+    present: bool | None = Field(
+        default=None,
+        description="true: holds if the header is there (any value); false: if it is not.",
+    )
+
+
+class QueryMatch(_ValueMatch):
+    """A condition on one query parameter, compared raw (not percent-decoded); the
+    parameter's first occurrence decides."""
+
+    name: Annotated[str, AfterValidator(_check_query_name)] = Field(
+        description="The parameter's name (case-sensitive). Required."
+    )
+    exact: Annotated[str | None, AfterValidator(_check_query_value)] = Field(
+        default=None, description="Holds if the parameter's value equals this."
+    )
+    regex: _Regex = Field(default=None)
+    present: bool | None = Field(
+        default=None,
+        description="true: holds if the parameter is there (`?flag` counts); false: if it is not.",
+    )
+
+
+def _mapping_to_exact(value: object) -> object:
+    """``{name: value}`` is shorthand for ``[{name: name, exact: value}]``."""
+    if isinstance(value, dict):
+        return [
+            {"name": k, "exact": str(v) if isinstance(v, int) and not isinstance(v, bool) else v}
+            for k, v in value.items()
+        ]
+    return value
+
+
+class RouteMatch(_Model):
+    """Which requests a route takes; every condition given must hold. At most one of
+    ``path``, ``path_prefix`` and ``path_regex``; none is ``path_prefix: /``."""
+
+    host: _HostPattern = Field(
+        default=None,
+        description="`example.com` (exact) or `*.example.com` (any longer name ending in "
+        "`.example.com`); compared case-insensitively with the request's host without its "
+        "port. Default: any host.",
+    )
     path: _Path = Field(
         default=None,
         description="Match requests whose path is exactly this (no query string); starts with /.",
@@ -142,6 +353,22 @@ class RouteMatch(_Model):
         description="Match requests whose path starts with this string; starts with /. "
         "`/` matches every request.",
     )
+    path_regex: _Regex = Field(default=None)
+    methods: list[_Method] = Field(
+        default_factory=list,
+        description="Request methods (case-sensitive, e.g. `GET`); any one will do. "
+        "Default: any method.",
+    )
+    headers: Annotated[list[HeaderMatch], BeforeValidator(_mapping_to_exact)] = Field(
+        default_factory=list,
+        description="Header conditions: `{name: value}` for exact values, or a list of "
+        "`{name, exact | regex | present}`. Default: none.",
+    )
+    query: Annotated[list[QueryMatch], BeforeValidator(_mapping_to_exact)] = Field(
+        default_factory=list,
+        description="Query parameter conditions, in the same two forms as `headers`. "
+        "Default: none.",
+    )
 
     sni: str | None = Field(
         default=None,
@@ -150,14 +377,36 @@ class RouteMatch(_Model):
     )
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> RouteMatch:
+    def _checks(self) -> RouteMatch:
         if self.sni is not None:
-            if self.path is not None or self.path_prefix is not None:
-                raise ValueError("'sni' matches alone: set no 'path' or 'path_prefix' with it")
+            others = (self.path, self.path_prefix, self.path_regex, self.host)
+            if any(o is not None for o in others) or self.methods or self.headers or self.query:
+                raise ValueError("'sni' matches alone: a TLS passthrough route sees no HTTP")
             _check_sni(self.sni)
-        elif (self.path is None) == (self.path_prefix is None):
-            raise ValueError("set exactly one of 'path' and 'path_prefix'")
+        if sum(p is not None for p in (self.path, self.path_prefix, self.path_regex)) > 1:
+            raise ValueError("set at most one of 'path', 'path_prefix' and 'path_regex'")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("a method is listed twice in 'methods'")
         return self
+
+    def path_condition(self) -> tuple[str, str]:
+        """``(kind, value)`` of the path condition, ``("path_prefix", "/")`` by default."""
+        if self.path is not None:
+            return ("path", self.path)
+        if self.path_regex is not None:
+            return ("path_regex", self.path_regex)
+        return ("path_prefix", self.path_prefix if self.path_prefix is not None else "/")
+
+    def is_catch_all(self) -> bool:
+        """Whether this match takes every request."""
+        return (
+            self.path_condition() == ("path_prefix", "/")
+            and self.sni is None
+            and self.host is None
+            and not self.methods
+            and not self.headers
+            and not self.query
+        )
 
 
 _SNI_LABEL = re.compile(r"^[A-Za-z0-9-]+$")
@@ -184,8 +433,90 @@ class WeightedCluster(_Model):
     )
 
 
+class Rewrite(_Model):
+    """Changes to a forwarded request before it goes upstream."""
+
+    path_prefix: _Path = Field(
+        default=None,
+        description="Replaces the part of the path the route matched: its `path_prefix` "
+        "(or its whole `path`); the query is kept. Not with `path_regex`.",
+    )
+    host: _Authority = Field(
+        default=None, description="Sets the `Host` (authority) sent upstream: `host[:port]`."
+    )
+
+
+class HeaderActions(_Model):
+    """Header edits, applied in this order: `remove`, `set`, `add`."""
+
+    set: dict[_EditableHeader, _HeaderValue] = Field(
+        default_factory=dict, description="Replace every value of each header with this one."
+    )
+    add: dict[_EditableHeader, _HeaderValue] = Field(
+        default_factory=dict, description="Append a value, keeping the header's others."
+    )
+    remove: list[_EditableHeader] = Field(
+        default_factory=list, description="Remove every value of each header."
+    )
+
+    def is_empty(self) -> bool:
+        """Whether there is nothing to do."""
+        return not (self.set or self.add or self.remove)
+
+
+MAX_DIRECT_BODY = 64 * 1024
+"""The largest `direct_response.body`, in bytes (UTF-8)."""
+
+
+def _check_body(value: str) -> str:
+    if len(value.encode()) > MAX_DIRECT_BODY:
+        raise ValueError(f"the body is longer than {MAX_DIRECT_BODY} bytes")
+    return value
+
+
+class DirectResponse(_Model):
+    """Answer the request without an upstream."""
+
+    status: int = Field(ge=200, le=599, description="The response status (200-599). Required.")
+    body: Annotated[str, AfterValidator(_check_body)] = Field(
+        default="",
+        description="The response body, sent as `text/plain; charset=utf-8` (at most 64 KiB).",
+    )
+
+
+class Redirect(_Model):
+    """Answer with a redirect to the request's URL with some parts replaced (as Envoy's)."""
+
+    status: Literal[301, 302, 303, 307, 308] = Field(
+        default=301, description="The redirect status: 301, 302, 303, 307 or 308."
+    )
+    scheme: Literal["http", "https"] | None = Field(
+        default=None, description="Replaces the scheme. Default: the request's."
+    )
+    host: _Authority = Field(
+        default=None,
+        description="Replaces the authority (`host` or `host:port`). Default: the request's.",
+    )
+    path: _Path = Field(default=None, description="Replaces the whole path.")
+    prefix_rewrite: _Path = Field(
+        default=None,
+        description="Replaces the part of the path the route matched: its `path_prefix` "
+        "(or its whole `path`). Not with `path`, nor with a `path_regex` match.",
+    )
+    strip_query: bool = Field(
+        default=False, description="Drop the query string instead of keeping it."
+    )
+
+    @model_validator(mode="after")
+    def _one_path(self) -> Redirect:
+        if self.path is not None and self.prefix_rewrite is not None:
+            raise ValueError("set at most one of 'path' and 'prefix_rewrite'")
+        return self
+
+
 class Route(_Model):
-    """Send matching requests to one or more clusters, split by weight."""
+    """Take matching requests and do exactly one of: forward them to clusters split by
+    weight (`to`), answer them (`direct_response`), or redirect them (`redirect`)."""
 
     name: Name | None = Field(
         default=None,
@@ -195,10 +526,33 @@ class Route(_Model):
         default_factory=lambda: RouteMatch(path_prefix="/"),
         description="Which requests this route takes. Default: every request (`{path_prefix: /}`).",
     )
-    to: list[WeightedCluster] = Field(
-        min_length=1,
-        description="Destination clusters with weights. Required, at least one.",
+    to: Annotated[list[WeightedCluster], Field(min_length=1)] | None = Field(
+        default=None,
+        description="Destination clusters with weights, at least one.",
     )
+    direct_response: DirectResponse | None = Field(
+        default=None, description="Answer without an upstream."
+    )
+    redirect: Redirect | None = Field(default=None, description="Answer with a redirect.")
+    rewrite: Rewrite | None = Field(
+        default=None, description="Only with `to`: path-prefix and host rewrites."
+    )
+    request_headers: HeaderActions = Field(
+        default_factory=HeaderActions,
+        description="Only with `to`: edits of the request's headers before it goes upstream.",
+    )
+    response_headers: HeaderActions = Field(
+        default_factory=HeaderActions,
+        description="Edits of the response's headers, whoever answered (upstream, "
+        "`direct_response`, `redirect`, or the proxy's own 502/503).",
+    )
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Route:
+        actions = (self.to, self.direct_response, self.redirect)
+        if sum(a is not None for a in actions) != 1:
+            raise ValueError("set exactly one of 'to', 'direct_response' and 'redirect'")
+        return self
 
 
 def _default_alpn() -> list[_Alpn]:
@@ -512,11 +866,16 @@ def check_config(cfg: MeshConfig) -> None:
                 )
             else:
                 route_names[name] = j
-            for k, dest in enumerate(route.to):
-                if dest.cluster not in clusters:
-                    err(f"{at}.routes.{j}.to.{k}.cluster", f"unknown cluster {dest.cluster!r}")
-            if sum(dest.weight for dest in route.to) == 0:
-                err(f"{at}.routes.{j}.to", "the weights sum to 0; at least one must be above 0")
+            if route.to is not None:
+                for k, dest in enumerate(route.to):
+                    if dest.cluster not in clusters:
+                        err(f"{at}.routes.{j}.to.{k}.cluster", f"unknown cluster {dest.cluster!r}")
+                if sum(dest.weight for dest in route.to) == 0:
+                    err(f"{at}.routes.{j}.to", "the weights sum to 0; at least one must be above 0")
+            for loc, msg in _route_action_problems(route):
+                err(f"{at}.routes.{j}.{loc}", msg)
+        for loc, msg in _shadowed_routes(listener.routes, f"{at}.routes"):
+            err(loc, msg)
     if errors:
         raise ConfigError(errors)
 
@@ -568,14 +927,116 @@ def _check_protocol(listener: Listener, at: str, err: Callable[[str, str], None]
     for j, route in enumerate(listener.routes):
         if proto == "tls-passthrough" and route.match.sni is None:
             err(f"{at}.routes.{j}.match.sni", "a tls-passthrough route matches by 'sni'")
+        if proto == "tls-passthrough" and route.to is None:
+            err(f"{at}.routes.{j}.to", "a tls-passthrough route forwards: give 'to'")
         if proto == "http" and route.match.sni is not None:
             err(f"{at}.routes.{j}.match.sni", "only tls-passthrough routes match by 'sni'")
+
+
+def _route_action_problems(route: Route) -> list[tuple[str, str]]:
+    """Actions that do not fit the route: ``(loc under the route, msg)``."""
+    problems: list[tuple[str, str]] = []
+    if route.to is None:
+        if route.rewrite is not None:
+            problems.append(("rewrite", "applies only to forwarded requests (a route with 'to')"))
+        if not route.request_headers.is_empty():
+            problems.append(
+                ("request_headers", "applies only to forwarded requests (a route with 'to')")
+            )
+    if route.match.path_regex is not None:
+        no_prefix = "a path_regex match has no prefix to rewrite"
+        if route.rewrite is not None and route.rewrite.path_prefix is not None:
+            problems.append(("rewrite.path_prefix", no_prefix))
+        if route.redirect is not None and route.redirect.prefix_rewrite is not None:
+            problems.append(("redirect.prefix_rewrite", no_prefix))
+    return problems
+
+
+# === unreachable routes ===
+
+
+def _host_covers(earlier: str, later: str) -> bool:
+    """Whether every host ``later`` matches is matched by ``earlier`` (both lowercase)."""
+    if earlier == later:
+        return True
+    if not earlier.startswith("*."):
+        return False
+    suffix = earlier[1:]  # ".example.com"
+    return (
+        later.removeprefix("*.").endswith(suffix)
+        if later.startswith("*.")
+        else (later.endswith(suffix) and len(later) > len(suffix))
+    )
+
+
+def _conditions_imply(
+    earlier: list[HeaderMatch] | list[QueryMatch], later: list[HeaderMatch] | list[QueryMatch]
+) -> bool:
+    """Whether ``later``'s conditions imply each of ``earlier``'s."""
+    later_keys = {c.key() for c in later}
+    for cond in earlier:
+        if cond.key() in later_keys:
+            continue
+        # "present" is implied by any condition on the same name other than "absent".
+        implied = cond.present is True and any(
+            c.name == cond.name and c.present is not False for c in later
+        )
+        if not implied:
+            return False
+    return True
+
+
+def _covers(earlier: RouteMatch, later: RouteMatch) -> bool:
+    """Whether every request ``later`` matches is matched by ``earlier`` (conservatively:
+    False when unsure)."""
+    if earlier.sni is not None or later.sni is not None:
+        return earlier.sni in (later.sni, "*")
+    if earlier.host is not None and (
+        later.host is None or not _host_covers(earlier.host, later.host)
+    ):
+        return False
+    if earlier.methods and not (later.methods and set(later.methods) <= set(earlier.methods)):
+        return False
+    if not _conditions_imply(earlier.headers, later.headers):
+        return False
+    if not _conditions_imply(earlier.query, later.query):
+        return False
+    e_kind, e_value = earlier.path_condition()
+    l_kind, l_value = later.path_condition()
+    if e_kind == "path_prefix":
+        return e_value == "/" or (l_kind != "path_regex" and l_value.startswith(e_value))
+    return (e_kind, e_value) == (l_kind, l_value)
+
+
+def _shadowed_routes(routes: list[Route], at: str) -> list[tuple[str, str]]:
+    """Routes an earlier route of the same listener takes every request from:
+    ``(f"{at}.<index>.match", msg naming the earlier route's loc)``, ``at`` being the loc
+    of the listener's routes."""
+    problems: list[tuple[str, str]] = []
+    for j, later in enumerate(routes):
+        for i, earlier in enumerate(routes[:j]):
+            if _covers(earlier.match, later.match):
+                what = (
+                    "matches every request"
+                    if earlier.match.is_catch_all()
+                    else "matches every request this one does"
+                )
+                problems.append(
+                    (
+                        f"{at}.{j}.match",
+                        f"this route can never match: {at}.{i} ({route_name(earlier, i)!r}), "
+                        f"earlier in the list, {what}",
+                    )
+                )
+                break
+    return problems
 
 
 def _from_pydantic(exc: ValidationError) -> ConfigError:
     items: list[ErrorItem] = []
     for e in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(part) for part in e["loc"]) or ROOT_LOC
+        # A bad mapping key is reported at the key itself, without pydantic's "[key]" part.
+        loc = ".".join(str(part) for part in e["loc"] if part != "[key]") or ROOT_LOC
         msg = e["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)

@@ -12,9 +12,15 @@ from typing import Any
 from pymesh.config import (
     Certificate,
     Cluster,
+    HeaderActions,
+    HeaderMatch,
     Listener,
     ListenerTls,
     MeshConfig,
+    QueryMatch,
+    Rewrite,
+    Route,
+    RouteMatch,
     WeightedCluster,
     route_name,
 )
@@ -47,20 +53,11 @@ def _listener(lst: Listener) -> dict[str, Any]:
         "name": lst.name,
         "listen": lst.listen,
         "protocol": lst.protocol,
-        "routes": []
-        if passthrough
-        else [
-            {
-                "name": route_name(route, i),
-                "match": {"path": route.match.path, "path_prefix": route.match.path_prefix},
-                "to": _to(route.to),
-            }
-            for i, route in enumerate(lst.routes)
-        ],
+        "routes": [] if passthrough else [_route(route, i) for i, route in enumerate(lst.routes)],
         "tls": None if lst.tls is None else _listener_tls(lst.tls),
         "to": _to(lst.to),
         "sni_routes": [
-            {"name": route_name(route, i), "sni": route.match.sni, "to": _to(route.to)}
+            {"name": route_name(route, i), "sni": route.match.sni, "to": _to(route.to or [])}
             for i, route in enumerate(lst.routes)
         ]
         if passthrough
@@ -80,6 +77,58 @@ def _listener_tls(t: ListenerTls) -> dict[str, Any]:
         "min_version": t.min_version,
         "client_ca": t.client_ca,
         "require_client_certificate": t.require_client_certificate,
+    }
+
+
+def _route(route: Route, index: int) -> dict[str, Any]:
+    rewrite = route.rewrite or Rewrite()
+    redirect = route.redirect
+    direct = route.direct_response
+    return {
+        "name": route_name(route, index),
+        "match": _match(route.match),
+        "to": [{"cluster": d.cluster, "weight": d.weight} for d in route.to or []],
+        "direct_response": None
+        if direct is None
+        else {"status": direct.status, "body": direct.body},
+        "redirect": None
+        if redirect is None
+        else {
+            "status": redirect.status,
+            "scheme": redirect.scheme,
+            "host": redirect.host,
+            "path": redirect.path,
+            "prefix_rewrite": redirect.prefix_rewrite,
+            "strip_query": redirect.strip_query,
+        },
+        "rewrite": {"path_prefix": rewrite.path_prefix, "host": rewrite.host},
+        "request_headers": _header_actions(route.request_headers),
+        "response_headers": _header_actions(route.response_headers),
+    }
+
+
+def _match(m: RouteMatch) -> dict[str, Any]:
+    kind, value = m.path_condition()
+    paths: dict[str, str | None] = {"path": None, "path_prefix": None, "path_regex": None}
+    paths[kind] = value
+    return {
+        "host": m.host,
+        **paths,
+        "methods": list(m.methods),
+        "headers": [_value_match(c) for c in m.headers],
+        "query": [_value_match(c) for c in m.query],
+    }
+
+
+def _value_match(c: HeaderMatch | QueryMatch) -> dict[str, Any]:
+    return {"name": c.name, "exact": c.exact, "regex": c.regex, "present": c.present}
+
+
+def _header_actions(h: HeaderActions) -> dict[str, Any]:
+    return {
+        "set": [{"name": n, "value": v} for n, v in h.set.items()],
+        "add": [{"name": n, "value": v} for n, v in h.add.items()],
+        "remove": list(h.remove),
     }
 
 

@@ -93,8 +93,22 @@ def test_defaults() -> None:
     assert listener["protocol"] == "http"
     assert listener["routes"][0] == {
         "name": None,
-        "match": {"path": None, "path_prefix": "/", "sni": None},
+        "match": {
+            "host": None,
+            "path": None,
+            "path_prefix": "/",
+            "path_regex": None,
+            "methods": [],
+            "headers": [],
+            "query": [],
+            "sni": None,
+        },
         "to": [{"cluster": "a", "weight": 1}],
+        "direct_response": None,
+        "redirect": None,
+        "rewrite": None,
+        "request_headers": {"set": {}, "add": {}, "remove": []},
+        "response_headers": {"set": {}, "add": {}, "remove": []},
     }
     assert cfg.model_dump(mode="json")["clusters"][0] == {
         "name": "a",
@@ -195,7 +209,7 @@ def test_lb_not_supported_yet_and_unknown_protocols() -> None:
 @pytest.mark.parametrize(
     ("match", "loc"),
     [
-        ({}, "listeners.0.routes.0.match"),
+        ({"path": "/a", "path_regex": "/"}, "listeners.0.routes.0.match"),
         ({"path": "/a", "path_prefix": "/"}, "listeners.0.routes.0.match"),
         ({"path": "a"}, "listeners.0.routes.0.match.path"),
         ({"path_prefix": "api"}, "listeners.0.routes.0.match.path_prefix"),
@@ -238,7 +252,10 @@ def test_duplicate_listener_and_cluster_names() -> None:
 def test_duplicate_route_names_count_the_default_names() -> None:
     data = minimal()
     to = [{"cluster": "a"}]
-    data["listeners"][0]["routes"] = [{"to": to}, {"name": "route-0", "to": to}]
+    data["listeners"][0]["routes"] = [
+        {"match": {"path": "/a"}, "to": to},
+        {"name": "route-0", "match": {"path": "/b"}, "to": to},
+    ]
     assert errors_of(data).keys() == {"listeners.0.routes.1.name"}
 
 
@@ -374,8 +391,21 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "routes": [
                     {
                         "name": "route-0",
-                        "match": {"path": None, "path_prefix": "/api"},
+                        "match": {
+                            "host": None,
+                            "path": None,
+                            "path_prefix": "/api",
+                            "path_regex": None,
+                            "methods": [],
+                            "headers": [],
+                            "query": [],
+                        },
                         "to": [{"cluster": "v2", "weight": 10}, {"cluster": "v1", "weight": 90}],
+                        "direct_response": None,
+                        "redirect": None,
+                        "rewrite": {"path_prefix": None, "host": None},
+                        "request_headers": {"set": [], "add": [], "remove": []},
+                        "response_headers": {"set": [], "add": [], "remove": []},
                     }
                 ],
                 "protocol": "http",
@@ -417,7 +447,8 @@ def test_snapshot_keeps_explicit_route_names_and_exact_paths() -> None:
         {"to": [{"cluster": "a"}]},
     ]
     routes = json.loads(to_snapshot_json(load_config(data), 1))["listeners"][0]["routes"]
-    assert [(r["name"], r["match"]) for r in routes] == [
-        ("exact", {"path": "/healthz", "path_prefix": None}),
-        ("route-1", {"path": None, "path_prefix": "/"}),
+    paths = ("path", "path_prefix", "path_regex")
+    assert [(r["name"], [r["match"][p] for p in paths]) for r in routes] == [
+        ("exact", ["/healthz", None, None]),
+        ("route-1", [None, "/", None]),
     ]

@@ -3,9 +3,14 @@
 //! `GET /` answers a small body; `?size=N` an N-byte body (streamed from one shared buffer,
 //! so any size costs no memory); `?status=S` that status; `?delay=250ms` answers after the
 //! delay; `POST`/`PUT` stream the request body back (`?sink` instead reads it all, keeps none,
-//! and answers `received N`); `/healthz` is 200. Every response
-//! carries `server-id`, and `echo-http-version` says which HTTP version the request came in
-//! (`HTTP/1.1` or `HTTP/2`: the server takes h2c by prior knowledge too).
+//! and answers `received N`); `/healthz` is 200. Every response carries `server-id`. The
+//! server takes HTTP/1.1 and HTTP/2 (h2c by prior knowledge too).
+//!
+//! To show what reached it (for tests of a proxy's rewrites), every response also carries
+//! `echo-http-version` (`HTTP/1.1` or `HTTP/2`), `echo-method`, `echo-path` (the path, without the query), `echo-query` (when there is
+//! one) and `echo-host` (the `Host` header, when there is one); and `?echo_headers=a,b`
+//! adds `echo-header-a` and `echo-header-b` with the values of request headers `a` and `b`
+//! (several values joined by `, `; a header the request lacks is left out).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -14,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -43,6 +48,8 @@ struct Query {
     status: Option<StatusCode>,
     delay: Option<Duration>,
     sink: bool,
+    /// Request headers to report back as `echo-header-<name>` (comma-separated names).
+    echo_headers: Option<String>,
 }
 
 fn parse_query(q: &str) -> Result<Query, String> {
@@ -62,6 +69,7 @@ fn parse_query(q: &str) -> Result<Query, String> {
                 let d = parse_duration(v).ok_or_else(|| format!("delay={v} is not a duration like 250ms"))?;
                 out.delay = Some(d.min(MAX_DELAY));
             }
+            "echo_headers" => out.echo_headers = Some(v.to_owned()),
             "sink" => out.sink = true,
             _ => {}
         }
@@ -96,24 +104,16 @@ pub(crate) async fn respond(
         tokio::time::sleep(delay).await;
     }
     let status = query.status.unwrap_or(StatusCode::OK);
-    let version = HeaderValue::from_static(match req.version() {
-        http::Version::HTTP_2 => "HTTP/2",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        _ => "HTTP/1.1",
-    });
     if req.uri().path() == "/healthz" {
-        return Ok(versioned(
-            reply(&echo, StatusCode::OK, EchoBody::Full(Some(Bytes::from_static(b"ok\n")))),
-            version,
-        ));
+        return Ok(reply(&echo, StatusCode::OK, EchoBody::Full(Some(Bytes::from_static(b"ok\n")))));
     }
+    let seen = seen_headers(&req, query.echo_headers.as_deref());
     let no_body = req.method() == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    if no_body {
-        return Ok(versioned(reply(&echo, status, EchoBody::Full(None)), version));
-    }
-    if query.sink {
+    let mut resp = if no_body {
+        reply(&echo, status, EchoBody::Full(None))
+    } else if query.sink {
         // Read the whole request body, keep none of it, and say how much came.
         let mut body = req.into_body();
         let mut received: u64 = 0;
@@ -123,27 +123,61 @@ pub(crate) async fn respond(
                 Err(_) => return Ok(reply(&echo, StatusCode::BAD_REQUEST, EchoBody::Full(None))),
             }
         }
-        let text = Bytes::from(format!("received {received}\n"));
-        return Ok(versioned(reply(&echo, status, EchoBody::Full(Some(text))), version));
-    }
-    if req.method() == Method::POST || req.method() == Method::PUT {
+        reply(&echo, status, EchoBody::Full(Some(Bytes::from(format!("received {received}\n")))))
+    } else if req.method() == Method::POST || req.method() == Method::PUT {
         let length = req.headers().get(CONTENT_LENGTH).cloned();
         let mut resp = reply(&echo, status, EchoBody::Echo(req.into_body()));
         if let Some(len) = length {
             resp.headers_mut().insert(CONTENT_LENGTH, len);
         }
-        return Ok(versioned(resp, version));
-    }
-    let body = match query.size {
-        Some(n) => EchoBody::Sized { remaining: n },
-        None => EchoBody::Full(Some(echo.hello.clone())),
+        resp
+    } else {
+        let body = match query.size {
+            Some(n) => EchoBody::Sized { remaining: n },
+            None => EchoBody::Full(Some(echo.hello.clone())),
+        };
+        reply(&echo, status, body)
     };
-    Ok(versioned(reply(&echo, status, body), version))
+    resp.headers_mut().extend(seen);
+    Ok(resp)
 }
 
-fn versioned(mut resp: Response<EchoBody>, version: HeaderValue) -> Response<EchoBody> {
-    resp.headers_mut().insert("echo-http-version", version);
-    resp
+/// The `echo-*` headers that report what the request looked like on arrival.
+fn seen_headers<B>(req: &Request<B>, echo_headers: Option<&str>) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let version = match req.version() {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    out.insert("echo-http-version", HeaderValue::from_static(version));
+    if let Ok(m) = HeaderValue::from_str(req.method().as_str()) {
+        out.insert("echo-method", m);
+    }
+    if let Ok(p) = HeaderValue::from_str(req.uri().path()) {
+        out.insert("echo-path", p);
+    }
+    if let Some(q) = req.uri().query().and_then(|q| HeaderValue::from_str(q).ok()) {
+        out.insert("echo-query", q);
+    }
+    if let Some(h) = req.headers().get(HOST) {
+        out.insert("echo-host", h.clone());
+    }
+    for name in echo_headers.unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let (Ok(asked), Ok(reported)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderName::from_bytes(format!("echo-header-{name}").as_bytes()),
+        ) else {
+            continue;
+        };
+        let values: Vec<&[u8]> = req.headers().get_all(&asked).iter().map(HeaderValue::as_bytes).collect();
+        if let Ok(v) = HeaderValue::from_bytes(&values.join(&b", "[..])) {
+            if !values.is_empty() {
+                out.insert(reported, v);
+            }
+        }
+    }
+    out
 }
 
 fn reply(echo: &Echo, status: StatusCode, body: EchoBody) -> Response<EchoBody> {
@@ -231,5 +265,24 @@ mod tests {
         assert!(parse_query("status=abc").is_err());
         assert!(parse_query("size=-1").is_err());
         assert_eq!(parse_query("").unwrap(), Query::default());
+        assert_eq!(parse_query("echo_headers=a,b").unwrap().echo_headers.as_deref(), Some("a,b"));
+    }
+
+    #[test]
+    fn seen_headers_report_the_request_as_it_arrived() {
+        let req = Request::post("/p/q?echo_headers=x-a,%20x-missing,bad%20name")
+            .header(HOST, "h.example:81")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .body(())
+            .unwrap();
+        let seen = seen_headers(&req, Some("x-a, x-missing,bad name"));
+        assert_eq!(seen["echo-method"], "POST");
+        assert_eq!(seen["echo-path"], "/p/q");
+        assert_eq!(seen["echo-query"], "echo_headers=x-a,%20x-missing,bad%20name");
+        assert_eq!(seen["echo-host"], "h.example:81");
+        assert_eq!(seen["echo-header-x-a"], "1, 2");
+        assert_eq!(seen["echo-http-version"], "HTTP/1.1");
+        assert_eq!(seen.len(), 6, "{seen:?}");
     }
 }

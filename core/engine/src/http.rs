@@ -1,6 +1,7 @@
 //! HTTP: the proxy's server side (downstream), its client side (upstream pools), and the
 //! header rules they share.
 
+pub(crate) mod actions;
 pub(crate) mod client;
 pub(crate) mod headers;
 pub(crate) mod proxy;

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::Cluster;
-use crate::config::{ListenerProtocol, ListenerSpec, MatchSpec, Snapshot, WeightedClusterSpec};
+use crate::config::{ListenerProtocol, ListenerSpec, RouteSpec, Snapshot, WeightedClusterSpec};
 use crate::error::Error;
+use crate::http::actions::{ForwardActions, Local};
 use crate::http::client::{PoolSettings, Upstream};
 use crate::metrics::{Metrics, StatusCounters};
-use crate::router::{PathMatch, Route, Router, Target};
+use crate::router::{Route, RouteAction, RouteMatch, Router, Target, Weighted};
 use crate::tcp::{SniPattern, SniRouter, Split};
 
 /// One listener's compiled routes and metric handles.
@@ -124,33 +125,8 @@ pub(crate) fn compile(
                     format!("duplicate route name {:?}", r.name),
                 ));
             }
-            let matcher = compile_match(&r.matcher, &format!("{rpath}.match"))?;
-            let route_stats = metrics.route(&spec.name, &r.name);
-            let mut weighted = Vec::with_capacity(r.to.len());
-            for (k, w) in r.to.iter().enumerate() {
-                let cluster = clusters.get(&w.cluster).ok_or_else(|| {
-                    Error::config(
-                        format!("{rpath}.to.{k}.cluster"),
-                        format!("unknown cluster {:?}", w.cluster),
-                    )
-                })?;
-                let target = Target {
-                    cluster: Arc::clone(cluster),
-                    counters: metrics.target(&spec.name, &r.name, &w.cluster),
-                    route_stats: Arc::clone(&route_stats),
-                };
-                weighted.push((w.weight, Arc::new(target)));
-            }
-            if weighted.iter().map(|(w, _)| u64::from(*w)).sum::<u64>() == 0 {
-                return Err(Error::config(
-                    format!("{rpath}.to"),
-                    "a route needs a cluster with a positive weight",
-                ));
-            }
-            if weighted.iter().map(|(w, _)| u64::from(*w)).sum::<u64>() > u64::from(u32::MAX) {
-                return Err(Error::config(format!("{rpath}.to"), "the weights add up to more than 2^32-1"));
-            }
-            routes.push(Route::new(r.name.as_str().into(), matcher, weighted));
+            let route = compile_route(r, &rpath, &spec.name, &clusters, metrics)?;
+            routes.push(route);
         }
         let kind = compile_kind(spec, &path, &clusters)?;
         let table = ListenerTable {
@@ -226,16 +202,79 @@ fn split(
     Ok(Split::new(weighted))
 }
 
-fn compile_match(m: &MatchSpec, path: &str) -> Result<PathMatch, Error> {
-    let (field, value, matcher): (_, _, fn(Box<str>) -> PathMatch) = match (&m.path, &m.path_prefix) {
-        (Some(p), None) => ("path", p, PathMatch::Exact),
-        (None, Some(p)) => ("path_prefix", p, PathMatch::Prefix),
-        _ => return Err(Error::config(path, "set exactly one of path and path_prefix")),
-    };
-    if !value.starts_with('/') {
-        return Err(Error::config(format!("{path}.{field}"), format!("{value:?} must start with \"/\"")));
+// === routes ===
+
+/// Compile one route: its match, and exactly one of its three actions.
+fn compile_route(
+    r: &RouteSpec,
+    rpath: &str,
+    listener: &str,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+    metrics: &Metrics,
+) -> Result<Route, Error> {
+    let matcher = RouteMatch::compile(&r.matcher, &format!("{rpath}.match"))?;
+    let route_stats = metrics.route(listener, &r.name);
+    let forwards = !r.to.is_empty();
+    if usize::from(forwards) + usize::from(r.direct_response.is_some()) + usize::from(r.redirect.is_some())
+        != 1
+    {
+        return Err(Error::config(rpath, "set exactly one of to (non-empty), direct_response and redirect"));
     }
-    Ok(matcher(value.as_str().into()))
+    if !forwards {
+        let unused = [
+            ("rewrite", r.rewrite.path_prefix.is_some() || r.rewrite.host.is_some()),
+            (
+                "request_headers",
+                !r.request_headers.set.is_empty()
+                    || !r.request_headers.add.is_empty()
+                    || !r.request_headers.remove.is_empty(),
+            ),
+        ];
+        if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
+            return Err(Error::config(
+                format!("{rpath}.{field}"),
+                "applies only to forwarded requests (a route with to)",
+            ));
+        }
+        // Local answers count under the route with an empty cluster label.
+        let counters = metrics.target(listener, &r.name, "");
+        let local = match (&r.direct_response, &r.redirect) {
+            (Some(d), _) => Local::direct(d, &r.response_headers, rpath, counters, route_stats)?,
+            (_, Some(rd)) => {
+                Local::redirect(rd, &r.response_headers, &matcher.path, rpath, counters, route_stats)?
+            }
+            (None, None) => unreachable!("checked above"),
+        };
+        return Ok(Route::new(r.name.as_str().into(), matcher, RouteAction::Local(local)));
+    }
+    let actions = Arc::new(ForwardActions::compile(
+        &r.rewrite,
+        &r.request_headers,
+        &r.response_headers,
+        &matcher.path,
+        rpath,
+    )?);
+    let mut weighted = Vec::with_capacity(r.to.len());
+    for (k, w) in r.to.iter().enumerate() {
+        let cluster = clusters.get(&w.cluster).ok_or_else(|| {
+            Error::config(format!("{rpath}.to.{k}.cluster"), format!("unknown cluster {:?}", w.cluster))
+        })?;
+        let target = Target {
+            cluster: Arc::clone(cluster),
+            counters: metrics.target(listener, &r.name, &w.cluster),
+            route_stats: Arc::clone(&route_stats),
+            actions: Arc::clone(&actions),
+        };
+        weighted.push((w.weight, Arc::new(target)));
+    }
+    let total: u64 = weighted.iter().map(|(w, _)| u64::from(*w)).sum();
+    if total == 0 {
+        return Err(Error::config(format!("{rpath}.to"), "a route needs a cluster with a positive weight"));
+    }
+    if total > u64::from(u32::MAX) {
+        return Err(Error::config(format!("{rpath}.to"), "the weights add up to more than 2^32-1"));
+    }
+    Ok(Route::new(r.name.as_str().into(), matcher, RouteAction::Forward(Weighted::new(weighted))))
 }
 
 fn check_name(name: &str, path: &str) -> Result<(), Error> {

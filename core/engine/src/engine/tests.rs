@@ -93,7 +93,11 @@ fn snapshot(version: u64, listen: &str, routes: &str, clusters: &[String]) -> St
 fn route(name: &str, prefix: &str, to: &[(&str, u32)]) -> String {
     let to: Vec<String> = to.iter().map(|(c, w)| format!(r#"{{"cluster": "{c}", "weight": {w}}}"#)).collect();
     format!(
-        r#"{{"name": "{name}", "match": {{"path": null, "path_prefix": "{prefix}"}}, "to": [{}]}}"#,
+        r#"{{"name": "{name}", "match": {{"host": null, "path": null, "path_prefix": "{prefix}",
+            "path_regex": null, "methods": [], "headers": [], "query": []}}, "to": [{}],
+            "direct_response": null, "redirect": null, "rewrite": {{"path_prefix": null, "host": null}},
+            "request_headers": {{"set": [], "add": [], "remove": []}},
+            "response_headers": {{"set": [], "add": [], "remove": []}}}}"#,
         to.join(",")
     )
 }

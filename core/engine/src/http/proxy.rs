@@ -24,6 +24,7 @@ use super::headers::strip_hop_by_hop;
 use super::{local_reply, ProxyBody};
 use crate::cluster::Cluster;
 use crate::engine::Shared;
+use crate::router::{RouteAction, Target};
 
 /// Serve one request that arrived on the listener in `slot`.
 pub(crate) async fn handle(
@@ -38,8 +39,12 @@ pub(crate) async fn handle(
             // The listener was removed from the config while this connection was open.
             return Ok(local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"));
         };
-        match listener.router.find(req.uri().path()) {
-            Some(route) => Arc::clone(route.pick()),
+        // --- routing: match, then forward or answer locally (http/actions.rs) ---
+        match listener.router.find(&req) {
+            Some(route) => match &route.action {
+                RouteAction::Forward(weighted) => Arc::clone(weighted.pick()),
+                RouteAction::Local(local) => return Ok(local.respond(&req, start)),
+            },
             None => {
                 listener.unrouted.record(404);
                 return Ok(local_reply(StatusCode::NOT_FOUND, "no route matched\n"));
@@ -47,21 +52,27 @@ pub(crate) async fn handle(
         }
     };
 
-    let resp = match upstream_uri(&target.cluster, &mut req) {
+    let mut resp = match upstream_uri(&target, &mut req) {
         Ok(uri) => {
             *req.uri_mut() = uri;
+            // --- routing: host rewrite and request header edits ---
+            target.actions.apply_request(req.headers_mut());
             forward(&target.cluster, req).await
         }
         Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
     };
+    // --- routing: response header edits ---
+    target.actions.apply_response(resp.headers_mut());
     target.counters.record(resp.status().as_u16());
     target.route_stats.duration.record(start.elapsed());
     Ok(resp)
 }
 
-/// The request's URI pointed at the next endpoint of `cluster`. An HTTP/2 request carries its
-/// host only as `:authority`; it becomes the `Host` header before the URI is rewritten.
-fn upstream_uri(cluster: &Cluster, req: &mut Request<Incoming>) -> Result<Uri, ()> {
+/// The request's URI pointed at the next endpoint of the target's cluster, with the route's
+/// path rewrite. An HTTP/2 request carries its host only as `:authority`; it becomes the
+/// `Host` header before the URI is rewritten.
+fn upstream_uri(target: &Target, req: &mut Request<Incoming>) -> Result<Uri, ()> {
+    let cluster = &target.cluster;
     let endpoint = cluster.pick().clone();
     if !req.headers().contains_key(HOST) {
         if let Some(authority) = req.uri().authority() {
@@ -75,6 +86,10 @@ fn upstream_uri(cluster: &Cluster, req: &mut Request<Incoming>) -> Result<Uri, (
     parts.authority = Some(endpoint);
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    // --- routing: path-prefix rewrite ---
+    if let Some(rewritten) = target.actions.rewrite_path(parts.path_and_query.as_ref()) {
+        parts.path_and_query = Some(rewritten);
     }
     Uri::from_parts(parts).map_err(|_| ())
 }
