@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -34,11 +35,14 @@ __all__ = [
     "FILE_LOC",
     "ROOT_LOC",
     "AdminConfig",
+    "Certificate",
     "Cluster",
+    "ClusterTls",
     "DirectResponse",
     "HeaderActions",
     "HeaderMatch",
     "Listener",
+    "ListenerTls",
     "MeshConfig",
     "PoolConfig",
     "QueryMatch",
@@ -85,10 +89,9 @@ def _only(kind: str, supported: str, later: frozenset[str]) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-_Protocol = Annotated[
-    Literal["http"],
-    _only("protocol", "http", frozenset({"tcp", "tls-passthrough"})),
-]
+_Protocol = Literal["http", "tcp", "tls-passthrough"]
+_ClusterProtocol = Literal["http1", "http2", "auto"]
+_Alpn = Literal["h2", "http/1.1"]
 _Lb = Annotated[
     Literal["round_robin"],
     _only(
@@ -367,8 +370,19 @@ class RouteMatch(_Model):
         "Default: none.",
     )
 
+    sni: str | None = Field(
+        default=None,
+        description="`tls-passthrough` listeners only: the TLS server name (exact, "
+        "`*.suffix`, or `*` for any, including none).",
+    )
+
     @model_validator(mode="after")
     def _checks(self) -> RouteMatch:
+        if self.sni is not None:
+            others = (self.path, self.path_prefix, self.path_regex, self.host)
+            if any(o is not None for o in others) or self.methods or self.headers or self.query:
+                raise ValueError("'sni' matches alone: a TLS passthrough route sees no HTTP")
+            _check_sni(self.sni)
         if sum(p is not None for p in (self.path, self.path_prefix, self.path_regex)) > 1:
             raise ValueError("set at most one of 'path', 'path_prefix' and 'path_regex'")
         if len(set(self.methods)) != len(self.methods):
@@ -387,11 +401,23 @@ class RouteMatch(_Model):
         """Whether this match takes every request."""
         return (
             self.path_condition() == ("path_prefix", "/")
+            and self.sni is None
             and self.host is None
             and not self.methods
             and not self.headers
             and not self.query
         )
+
+
+_SNI_LABEL = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def _check_sni(value: str) -> None:
+    if value == "*":
+        return
+    name = value.removeprefix("*.")
+    if not name or not all(_SNI_LABEL.match(label) for label in name.split(".")):
+        raise ValueError(f"sni {value!r} is not a server name, a *.suffix wildcard, or '*'")
 
 
 class WeightedCluster(_Model):
@@ -529,6 +555,63 @@ class Route(_Model):
         return self
 
 
+def _default_alpn() -> list[_Alpn]:
+    return ["h2", "http/1.1"]
+
+
+class Certificate(_Model):
+    """A certificate chain and its private key, as PEM files."""
+
+    cert: str = Field(min_length=1, description="PEM file: the certificate chain, leaf first.")
+    key: str = Field(min_length=1, description="PEM file: the private key (PKCS#8, #1 or SEC1).")
+
+
+class ListenerTls(_Model):
+    """TLS termination: give ``cert`` and ``key``, or ``certificates`` to serve several names
+    (the first whose names cover the client's SNI is used; the first is the default)."""
+
+    cert: str | None = Field(default=None, description="PEM certificate chain (one cert).")
+    key: str | None = Field(default=None, description="PEM private key (with `cert`).")
+    certificates: list[Certificate] = Field(
+        default_factory=list, description="Several certificates, chosen by SNI."
+    )
+    alpn: list[_Alpn] = Field(
+        default_factory=_default_alpn,
+        min_length=1,
+        description="ALPN protocols offered, most preferred first. Default `[h2, http/1.1]`.",
+    )
+    min_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description='Oldest TLS version accepted: `"1.2"` or `"1.3"`.'
+    )
+    client_ca: str | None = Field(
+        default=None,
+        description="PEM file of CAs that client certificates must chain to; a presented "
+        "certificate that does not is refused. Default: client certificates are not asked for.",
+    )
+    require_client_certificate: bool = Field(
+        default=False,
+        description="With `client_ca`: refuse clients that present no certificate.",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ListenerTls:
+        single = self.cert is not None or self.key is not None
+        if single and self.certificates:
+            raise ValueError("give either 'cert' and 'key' or 'certificates', not both")
+        if single and (self.cert is None or self.key is None):
+            raise ValueError("'cert' and 'key' go together")
+        if not single and not self.certificates:
+            raise ValueError("give 'cert' and 'key', or 'certificates'")
+        if self.require_client_certificate and self.client_ca is None:
+            raise ValueError("'require_client_certificate' needs 'client_ca'")
+        return self
+
+    def all_certificates(self) -> list[Certificate]:
+        if self.cert is not None and self.key is not None:
+            return [Certificate(cert=self.cert, key=self.key)]
+        return list(self.certificates)
+
+
 class Listener(_Model):
     """An address the proxy accepts connections on, and its routes."""
 
@@ -539,12 +622,27 @@ class Listener(_Model):
     )
     protocol: _Protocol = Field(
         default="http",
-        description="Protocol spoken by clients: only `http` (HTTP/1.1) in this version.",
+        description="`http`: HTTP/1.1 and HTTP/2 on one port (h2c by prior knowledge, h2 by "
+        "ALPN with `tls`); `tcp`: raw bytes to the clusters in `to`; `tls-passthrough`: TLS "
+        "routed by the ClientHello's server name (`routes` with `match.sni`), not terminated.",
     )
     routes: list[Route] = Field(
         default_factory=list,
-        description="Routes in order; the first that matches takes the request. A request no "
-        "route matches gets 404. Default: none.",
+        description="Routes in order; the first that matches takes the request (a connection, "
+        "for `tls-passthrough`). An HTTP request no route matches gets 404. Default: none.",
+    )
+    tls: ListenerTls | None = Field(
+        default=None, description="`http` listeners: terminate TLS. Default: plaintext."
+    )
+    to: list[WeightedCluster] = Field(
+        default_factory=list,
+        description="`tcp` listeners (required there): destination clusters with weights.",
+    )
+    idle_timeout: Duration = Field(
+        default="1h",
+        validate_default=True,
+        description="`tcp` and `tls-passthrough` listeners: a connection with no bytes either "
+        "way for this long is closed.",
     )
 
 
@@ -564,6 +662,27 @@ class PoolConfig(_Model):
         default="90s",
         validate_default=True,
         description="How long an idle pooled connection is kept before it is closed.",
+    )
+
+
+class ClusterTls(_Model):
+    """TLS from the proxy to a cluster's endpoints."""
+
+    sni: str | None = Field(
+        default=None,
+        description="Server name sent and verified. Default: the endpoint's host.",
+    )
+    ca: str | None = Field(
+        default=None, description="PEM file of trusted CAs. Default: the system's roots."
+    )
+    alpn: list[_Alpn] | None = Field(
+        default=None,
+        min_length=1,
+        description="ALPN protocols offered. Default: from `protocol` (`http1`: http/1.1, "
+        "`http2`: h2, `auto`: both).",
+    )
+    client_certificate: Certificate | None = Field(
+        default=None, description="Certificate and key presented for mutual TLS."
     )
 
 
@@ -588,6 +707,39 @@ class Cluster(_Model):
         default_factory=PoolConfig,
         description="Reuse of upstream connections.",
     )
+    protocol: _ClusterProtocol = Field(
+        default="http1",
+        description="`http1`; `http2` (h2c by prior knowledge over plaintext, h2 over TLS); "
+        "`auto`: what TLS ALPN picks (HTTP/1.1 over plaintext). With `tls.alpn` and no "
+        "`protocol`, the protocol follows the ALPN list.",
+    )
+    tls: ClusterTls | None = Field(
+        default=None, description="Originate TLS to the endpoints. Default: plaintext."
+    )
+
+    @model_validator(mode="after")
+    def _alpn_fits_protocol(self) -> Cluster:
+        if self.tls is None or self.tls.alpn is None:
+            return self
+        implied = _protocol_for_alpn(self.tls.alpn)
+        if "protocol" in self.model_fields_set and self.protocol != implied:
+            raise ValueError(
+                f"tls.alpn {self.tls.alpn} means protocol {implied!r}, not {self.protocol!r}"
+            )
+        return self
+
+    def effective_protocol(self) -> str:
+        """The protocol, or the one ``tls.alpn`` implies when no protocol was given."""
+        explicit = "protocol" in self.model_fields_set
+        if self.tls is not None and self.tls.alpn is not None and not explicit:
+            return _protocol_for_alpn(self.tls.alpn)
+        return self.protocol
+
+
+def _protocol_for_alpn(alpn: Sequence[str]) -> str:
+    if set(alpn) == {"h2", "http/1.1"}:
+        return "auto"
+    return "http2" if alpn == ["h2"] else "http1"
 
 
 # === the whole config ===
@@ -680,6 +832,7 @@ def check_config(cfg: MeshConfig) -> None:
             )
         else:
             clusters[cluster.name] = i
+        _check_cluster_files(cluster, f"clusters.{i}", err)
 
     listener_names: dict[str, int] = {}
     addresses: dict[tuple[str, int], int] = {}
@@ -699,6 +852,10 @@ def check_config(cfg: MeshConfig) -> None:
                 )
             else:
                 addresses[key] = i
+        _check_protocol(listener, at, err)
+        for k, dest in enumerate(listener.to):
+            if dest.cluster not in clusters:
+                err(f"{at}.to.{k}.cluster", f"unknown cluster {dest.cluster!r}")
         route_names: dict[str, int] = {}
         for j, route in enumerate(listener.routes):
             name = route_name(route, j)
@@ -721,6 +878,59 @@ def check_config(cfg: MeshConfig) -> None:
             err(loc, msg)
     if errors:
         raise ConfigError(errors)
+
+
+def _check_file(path: str, loc: str, err: Callable[[str, str], None]) -> None:
+    """A file the core will read when the config is applied: say so now if it cannot."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        err(loc, f"cannot read {path}: {e.strerror or e}")
+
+
+def _check_cluster_files(cluster: Cluster, at: str, err: Callable[[str, str], None]) -> None:
+    if cluster.tls is None:
+        return
+    if cluster.tls.ca is not None:
+        _check_file(cluster.tls.ca, f"{at}.tls.ca", err)
+    if cluster.tls.client_certificate is not None:
+        _check_file(cluster.tls.client_certificate.cert, f"{at}.tls.client_certificate.cert", err)
+        _check_file(cluster.tls.client_certificate.key, f"{at}.tls.client_certificate.key", err)
+
+
+def _check_protocol(listener: Listener, at: str, err: Callable[[str, str], None]) -> None:
+    """What each listener protocol takes: routes by path (http), `to` (tcp), routes by SNI
+    (tls-passthrough); TLS termination on http only."""
+    proto = listener.protocol
+    if listener.tls is not None:
+        t = listener.tls
+        if t.cert is not None and t.key is not None:
+            _check_file(t.cert, f"{at}.tls.cert", err)
+            _check_file(t.key, f"{at}.tls.key", err)
+        for n, c in enumerate(t.certificates):
+            _check_file(c.cert, f"{at}.tls.certificates.{n}.cert", err)
+            _check_file(c.key, f"{at}.tls.certificates.{n}.key", err)
+        if t.client_ca is not None:
+            _check_file(t.client_ca, f"{at}.tls.client_ca", err)
+    if proto != "tcp" and listener.to:
+        err(f"{at}.to", f"only a tcp listener takes 'to' (this one is {proto})")
+    if proto != "http" and listener.tls is not None:
+        err(f"{at}.tls", f"only an http listener terminates TLS (this one is {proto})")
+    if proto == "tcp":
+        if listener.routes:
+            err(f"{at}.routes", "a tcp listener has no routes; give 'to'")
+        if not listener.to:
+            err(f"{at}.to", "a tcp listener needs at least one cluster in 'to'")
+        elif sum(d.weight for d in listener.to) == 0:
+            err(f"{at}.to", "the weights sum to 0; at least one must be above 0")
+    for j, route in enumerate(listener.routes):
+        if proto == "tls-passthrough" and route.match.sni is None:
+            err(f"{at}.routes.{j}.match.sni", "a tls-passthrough route matches by 'sni'")
+        if proto == "tls-passthrough" and route.to is None:
+            err(f"{at}.routes.{j}.to", "a tls-passthrough route forwards: give 'to'")
+        if proto == "http" and route.match.sni is not None:
+            err(f"{at}.routes.{j}.match.sni", "only tls-passthrough routes match by 'sni'")
 
 
 def _route_action_problems(route: Route) -> list[tuple[str, str]]:
@@ -779,6 +989,8 @@ def _conditions_imply(
 def _covers(earlier: RouteMatch, later: RouteMatch) -> bool:
     """Whether every request ``later`` matches is matched by ``earlier`` (conservatively:
     False when unsure)."""
+    if earlier.sni is not None or later.sni is not None:
+        return earlier.sni in (later.sni, "*")
     if earlier.host is not None and (
         later.host is None or not _host_covers(earlier.host, later.host)
     ):

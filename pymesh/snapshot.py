@@ -10,15 +10,18 @@ import json
 from typing import Any
 
 from pymesh.config import (
+    Certificate,
     Cluster,
     HeaderActions,
     HeaderMatch,
     Listener,
+    ListenerTls,
     MeshConfig,
     QueryMatch,
     Rewrite,
     Route,
     RouteMatch,
+    WeightedCluster,
     route_name,
 )
 from pymesh.durations import to_millis
@@ -40,11 +43,40 @@ def to_snapshot_json(cfg: MeshConfig, version: int) -> str:
     return json.dumps(to_snapshot(cfg, version), separators=(",", ":"))
 
 
+def _to(dests: list[WeightedCluster]) -> list[dict[str, Any]]:
+    return [{"cluster": d.cluster, "weight": d.weight} for d in dests]
+
+
 def _listener(lst: Listener) -> dict[str, Any]:
+    passthrough = lst.protocol == "tls-passthrough"
     return {
         "name": lst.name,
         "listen": lst.listen,
-        "routes": [_route(route, i) for i, route in enumerate(lst.routes)],
+        "protocol": lst.protocol,
+        "routes": [] if passthrough else [_route(route, i) for i, route in enumerate(lst.routes)],
+        "tls": None if lst.tls is None else _listener_tls(lst.tls),
+        "to": _to(lst.to),
+        "sni_routes": [
+            {"name": route_name(route, i), "sni": route.match.sni, "to": _to(route.to or [])}
+            for i, route in enumerate(lst.routes)
+        ]
+        if passthrough
+        else [],
+        "idle_timeout_ms": to_millis(lst.idle_timeout),
+    }
+
+
+def _certificate(c: Certificate) -> dict[str, Any]:
+    return {"cert": c.cert, "key": c.key}
+
+
+def _listener_tls(t: ListenerTls) -> dict[str, Any]:
+    return {
+        "certificates": [_certificate(c) for c in t.all_certificates()],
+        "alpn": list(t.alpn),
+        "min_version": t.min_version,
+        "client_ca": t.client_ca,
+        "require_client_certificate": t.require_client_certificate,
     }
 
 
@@ -108,4 +140,14 @@ def _cluster(c: Cluster) -> dict[str, Any]:
         "connect_timeout_ms": to_millis(c.connect_timeout),
         "max_idle_per_endpoint": c.pool.max_idle_per_endpoint,
         "idle_timeout_ms": to_millis(c.pool.idle_timeout),
+        "protocol": c.effective_protocol(),
+        "tls": None
+        if c.tls is None
+        else {
+            "sni": c.tls.sni,
+            "ca": c.tls.ca,
+            "client_certificate": None
+            if c.tls.client_certificate is None
+            else _certificate(c.tls.client_certificate),
+        },
     }

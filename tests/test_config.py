@@ -101,6 +101,7 @@ def test_defaults() -> None:
             "methods": [],
             "headers": [],
             "query": [],
+            "sni": None,
         },
         "to": [{"cluster": "a", "weight": 1}],
         "direct_response": None,
@@ -115,6 +116,8 @@ def test_defaults() -> None:
         "lb": "round_robin",
         "connect_timeout": "1s",
         "pool": {"max_idle_per_endpoint": 1024, "idle_timeout": "90s"},
+        "protocol": "http1",
+        "tls": None,
     }
 
 
@@ -191,15 +194,16 @@ def test_names() -> None:
     assert errors_of(data).keys() == {"listeners.0.name", "clusters.0.name"}
 
 
-def test_protocol_and_lb_not_supported_yet() -> None:
+def test_lb_not_supported_yet_and_unknown_protocols() -> None:
     data = minimal()
-    data["listeners"][0]["protocol"] = "tcp"
     data["clusters"][0]["lb"] = "least_request"
-    errors = errors_of(data)
-    assert "not supported yet" in errors["listeners.0.protocol"]
-    assert "not supported yet" in errors["clusters.0.lb"]
+    assert "not supported yet" in errors_of(data)["clusters.0.lb"]
+    data = minimal()
     data["listeners"][0]["protocol"] = "gopher"
-    assert "unknown protocol" in errors_of(data)["listeners.0.protocol"]
+    assert "listeners.0.protocol" in errors_of(data)
+    data = minimal()
+    data["clusters"][0]["protocol"] = "spdy"
+    assert "clusters.0.protocol" in errors_of(data)
 
 
 @pytest.mark.parametrize(
@@ -404,6 +408,11 @@ def test_snapshot_json(tmp_path: Path) -> None:
                         "response_headers": {"set": [], "add": [], "remove": []},
                     }
                 ],
+                "protocol": "http",
+                "tls": None,
+                "to": [],
+                "sni_routes": [],
+                "idle_timeout_ms": 3600000,
             }
         ],
         "clusters": [
@@ -414,6 +423,8 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "connect_timeout_ms": 1000,
                 "max_idle_per_endpoint": 1024,
                 "idle_timeout_ms": 90000,
+                "protocol": "http1",
+                "tls": None,
             },
             {
                 "name": "v2",
@@ -422,6 +433,8 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "connect_timeout_ms": 250,
                 "max_idle_per_endpoint": 8,
                 "idle_timeout_ms": 60000,
+                "protocol": "http1",
+                "tls": None,
             },
         ],
     }

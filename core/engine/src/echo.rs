@@ -2,11 +2,12 @@
 //!
 //! `GET /` answers a small body; `?size=N` an N-byte body (streamed from one shared buffer,
 //! so any size costs no memory); `?status=S` that status; `?delay=250ms` answers after the
-//! delay; `POST`/`PUT` stream the request body back; `/healthz` is 200. Every response
-//! carries `server-id`.
+//! delay; `POST`/`PUT` stream the request body back (`?sink` instead reads it all, keeps none,
+//! and answers `received N`); `/healthz` is 200. Every response carries `server-id`. The
+//! server takes HTTP/1.1 and HTTP/2 (h2c by prior knowledge too).
 //!
 //! To show what reached it (for tests of a proxy's rewrites), every response also carries
-//! `echo-method`, `echo-path` (the path, without the query), `echo-query` (when there is
+//! `echo-http-version` (`HTTP/1.1` or `HTTP/2`), `echo-method`, `echo-path` (the path, without the query), `echo-query` (when there is
 //! one) and `echo-host` (the `Host` header, when there is one); and `?echo_headers=a,b`
 //! adds `echo-header-a` and `echo-header-b` with the values of request headers `a` and `b`
 //! (several values joined by `, `; a header the request lacks is left out).
@@ -20,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// The longest `?delay=` honoured: bounded so that a typo cannot pin a connection forever.
@@ -45,6 +47,7 @@ struct Query {
     size: Option<u64>,
     status: Option<StatusCode>,
     delay: Option<Duration>,
+    sink: bool,
     /// Request headers to report back as `echo-header-<name>` (comma-separated names).
     echo_headers: Option<String>,
 }
@@ -67,6 +70,7 @@ fn parse_query(q: &str) -> Result<Query, String> {
                 out.delay = Some(d.min(MAX_DELAY));
             }
             "echo_headers" => out.echo_headers = Some(v.to_owned()),
+            "sink" => out.sink = true,
             _ => {}
         }
     }
@@ -109,6 +113,17 @@ pub(crate) async fn respond(
         || status == StatusCode::NOT_MODIFIED;
     let mut resp = if no_body {
         reply(&echo, status, EchoBody::Full(None))
+    } else if query.sink {
+        // Read the whole request body, keep none of it, and say how much came.
+        let mut body = req.into_body();
+        let mut received: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => received += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => return Ok(reply(&echo, StatusCode::BAD_REQUEST, EchoBody::Full(None))),
+            }
+        }
+        reply(&echo, status, EchoBody::Full(Some(Bytes::from(format!("received {received}\n")))))
     } else if req.method() == Method::POST || req.method() == Method::PUT {
         let length = req.headers().get(CONTENT_LENGTH).cloned();
         let mut resp = reply(&echo, status, EchoBody::Echo(req.into_body()));
@@ -130,6 +145,12 @@ pub(crate) async fn respond(
 /// The `echo-*` headers that report what the request looked like on arrival.
 fn seen_headers<B>(req: &Request<B>, echo_headers: Option<&str>) -> HeaderMap {
     let mut out = HeaderMap::new();
+    let version = match req.version() {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    out.insert("echo-http-version", HeaderValue::from_static(version));
     if let Ok(m) = HeaderValue::from_str(req.method().as_str()) {
         out.insert("echo-method", m);
     }
@@ -261,6 +282,7 @@ mod tests {
         assert_eq!(seen["echo-query"], "echo_headers=x-a,%20x-missing,bad%20name");
         assert_eq!(seen["echo-host"], "h.example:81");
         assert_eq!(seen["echo-header-x-a"], "1, 2");
-        assert_eq!(seen.len(), 5, "{seen:?}");
+        assert_eq!(seen["echo-http-version"], "HTTP/1.1");
+        assert_eq!(seen.len(), 6, "{seen:?}");
     }
 }

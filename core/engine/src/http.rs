@@ -5,6 +5,7 @@ pub(crate) mod actions;
 pub(crate) mod client;
 pub(crate) mod headers;
 pub(crate) mod proxy;
+pub(crate) mod server;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};

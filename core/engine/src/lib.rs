@@ -20,6 +20,8 @@ mod listener;
 mod metrics;
 mod router;
 mod tables;
+mod tcp;
+mod tls;
 
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, ErrorKind};

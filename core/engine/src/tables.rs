@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::Cluster;
-use crate::config::{RouteSpec, Snapshot};
+use crate::config::{ListenerProtocol, ListenerSpec, RouteSpec, Snapshot, WeightedClusterSpec};
 use crate::error::Error;
 use crate::http::actions::{ForwardActions, Local};
 use crate::http::client::{PoolSettings, Upstream};
 use crate::metrics::{Metrics, StatusCounters};
 use crate::router::{Route, RouteAction, RouteMatch, Router, Target, Weighted};
+use crate::tcp::{SniPattern, SniRouter, Split};
 
 /// One listener's compiled routes and metric handles.
 #[derive(Debug)]
@@ -21,6 +22,25 @@ pub(crate) struct ListenerTable {
     pub(crate) router: Router,
     /// Answers given before a route was chosen (404 no route matched).
     pub(crate) unrouted: Arc<StatusCounters>,
+    /// What the listener's connections speak, read once per connection.
+    pub(crate) kind: Arc<ListenerKind>,
+}
+
+/// How a listener's connections are handled.
+#[derive(Debug)]
+pub(crate) enum ListenerKind {
+    /// HTTP/1.1 and HTTP/2; TLS first when configured.
+    Http {
+        tls: Option<Arc<rustls::ServerConfig>>,
+    },
+    Tcp {
+        split: Split,
+        idle: Duration,
+    },
+    TlsPassthrough {
+        router: SniRouter,
+        idle: Duration,
+    },
 }
 
 /// Everything a request reads, swapped as one value.
@@ -67,10 +87,17 @@ pub(crate) fn compile(
             connect_timeout: positive_ms(spec.connect_timeout_ms, &format!("{path}.connect_timeout_ms"))?,
             max_idle_per_endpoint: spec.max_idle_per_endpoint,
             idle_timeout: positive_ms(spec.idle_timeout_ms, &format!("{path}.idle_timeout_ms"))?,
+            protocol: spec.protocol,
         };
+        let tls = match &spec.tls {
+            Some(t) => Some((crate::tls::client_config(t, &format!("{path}.tls"))?, t.sni.clone())),
+            None => None,
+        };
+        // A TLS cluster gets a new client on every apply, so that certificate files are
+        // read again (the point of re-applying); plaintext pools survive unchanged settings.
         let upstream = match old_upstreams.get(&spec.name) {
-            Some(u) if u.settings == settings => Arc::clone(u),
-            _ => Arc::new(Upstream::new(settings, metrics.cluster(&spec.name))),
+            Some(u) if u.settings == settings && tls.is_none() && !u.is_tls() => Arc::clone(u),
+            _ => Arc::new(Upstream::new(settings, tls, metrics.cluster(&spec.name))),
         };
         upstreams.insert(spec.name.clone(), Arc::clone(&upstream));
         clusters.insert(spec.name.clone(), Arc::new(Cluster::compile(spec, &path, upstream)?));
@@ -101,11 +128,78 @@ pub(crate) fn compile(
             let route = compile_route(r, &rpath, &spec.name, &clusters, metrics)?;
             routes.push(route);
         }
-        let table =
-            ListenerTable { router: Router::new(routes), unrouted: metrics.target(&spec.name, "", "") };
+        let kind = compile_kind(spec, &path, &clusters)?;
+        let table = ListenerTable {
+            router: Router::new(routes),
+            unrouted: metrics.target(&spec.name, "", ""),
+            kind: Arc::new(kind),
+        };
         listeners[slots[i]] = Some(table);
     }
     Ok((Tables { version: snap.version, listeners, clusters }, upstreams))
+}
+
+fn compile_kind(
+    spec: &ListenerSpec,
+    path: &str,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+) -> Result<ListenerKind, Error> {
+    let only = |present: bool, field: &str, proto: &str| {
+        if present {
+            Err(Error::config(format!("{path}.{field}"), format!("only a {proto} listener takes {field}")))
+        } else {
+            Ok(())
+        }
+    };
+    let idle = || positive_ms(spec.idle_timeout_ms, &format!("{path}.idle_timeout_ms"));
+    match spec.protocol {
+        ListenerProtocol::Http => {
+            only(!spec.to.is_empty(), "to", "tcp")?;
+            only(!spec.sni_routes.is_empty(), "sni_routes", "tls-passthrough")?;
+            let tls = match &spec.tls {
+                Some(t) => Some(crate::tls::server_config(t, &format!("{path}.tls"))?),
+                None => None,
+            };
+            Ok(ListenerKind::Http { tls })
+        }
+        ListenerProtocol::Tcp => {
+            only(!spec.routes.is_empty(), "routes", "http")?;
+            only(spec.tls.is_some(), "tls", "http")?;
+            only(!spec.sni_routes.is_empty(), "sni_routes", "tls-passthrough")?;
+            Ok(ListenerKind::Tcp { split: split(&spec.to, &format!("{path}.to"), clusters)?, idle: idle()? })
+        }
+        ListenerProtocol::TlsPassthrough => {
+            only(!spec.routes.is_empty(), "routes", "http")?;
+            only(spec.tls.is_some(), "tls", "http")?;
+            only(!spec.to.is_empty(), "to", "tcp")?;
+            let mut routes = Vec::with_capacity(spec.sni_routes.len());
+            for (j, r) in spec.sni_routes.iter().enumerate() {
+                let rpath = format!("{path}.sni_routes.{j}");
+                let pattern =
+                    SniPattern::parse(&r.sni).map_err(|m| Error::config(format!("{rpath}.sni"), m))?;
+                routes.push((pattern, split(&r.to, &format!("{rpath}.to"), clusters)?));
+            }
+            Ok(ListenerKind::TlsPassthrough { router: SniRouter { routes: routes.into() }, idle: idle()? })
+        }
+    }
+}
+
+fn split(
+    to: &[WeightedClusterSpec],
+    path: &str,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+) -> Result<Split, Error> {
+    let mut weighted = Vec::with_capacity(to.len());
+    for (k, w) in to.iter().enumerate() {
+        let cluster = clusters.get(&w.cluster).ok_or_else(|| {
+            Error::config(format!("{path}.{k}.cluster"), format!("unknown cluster {:?}", w.cluster))
+        })?;
+        weighted.push((w.weight, Arc::clone(cluster)));
+    }
+    if weighted.iter().map(|(w, _)| u64::from(*w)).sum::<u64>() == 0 {
+        return Err(Error::config(path, "give a cluster with a positive weight"));
+    }
+    Ok(Split::new(weighted))
 }
 
 // === routes ===

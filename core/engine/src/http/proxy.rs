@@ -3,20 +3,28 @@
 //! Per request: one read of the current tables (an `ArcSwap` guard, no refcount traffic on
 //! the tables themselves), one `Arc` clone of the chosen target, a route scan, a relaxed
 //! atomic add for round robin, and the URI rewrite. No lock, no Python.
+//!
+//! Either side may be HTTP/1.1 or HTTP/2: requests arrive as hyper requests whatever the
+//! downstream protocol, and the cluster's client speaks what the cluster is configured for.
+//! HTTP/1.1 upgrades (WebSocket) are forwarded with their upgrade headers and, once the
+//! upstream answers 101, the two connections are spliced until either side closes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 use super::headers::strip_hop_by_hop;
 use super::{local_reply, ProxyBody};
+use crate::cluster::Cluster;
 use crate::engine::Shared;
-use crate::router::RouteAction;
+use crate::router::{RouteAction, Target};
 
 /// Serve one request that arrived on the listener in `slot`.
 pub(crate) async fn handle(
@@ -44,27 +52,14 @@ pub(crate) async fn handle(
         }
     };
 
-    let endpoint = target.cluster.pick().clone();
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(endpoint);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    // --- routing: path-prefix rewrite ---
-    if let Some(rewritten) = target.actions.rewrite_path(parts.path_and_query.as_ref()) {
-        parts.path_and_query = Some(rewritten);
-    }
-    let mut resp = match Uri::from_parts(parts) {
+    let mut resp = match upstream_uri(&target, &mut req) {
         Ok(uri) => {
             *req.uri_mut() = uri;
-            *req.version_mut() = Version::HTTP_11;
-            strip_hop_by_hop(req.headers_mut());
             // --- routing: host rewrite and request header edits ---
             target.actions.apply_request(req.headers_mut());
             forward(&target.cluster, req).await
         }
-        Err(_) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+        Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
     };
     // --- routing: response header edits ---
     target.actions.apply_response(resp.headers_mut());
@@ -73,9 +68,67 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-async fn forward(cluster: &crate::cluster::Cluster, req: Request<Incoming>) -> Response<ProxyBody> {
-    match cluster.upstream.client.request(req).await {
+/// The request's URI pointed at the next endpoint of the target's cluster, with the route's
+/// path rewrite. An HTTP/2 request carries its host only as `:authority`; it becomes the
+/// `Host` header before the URI is rewritten.
+fn upstream_uri(target: &Target, req: &mut Request<Incoming>) -> Result<Uri, ()> {
+    let cluster = &target.cluster;
+    let endpoint = cluster.pick().clone();
+    if !req.headers().contains_key(HOST) {
+        if let Some(authority) = req.uri().authority() {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
+    }
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(cluster.upstream.scheme.clone());
+    parts.authority = Some(endpoint);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    // --- routing: path-prefix rewrite ---
+    if let Some(rewritten) = target.actions.rewrite_path(parts.path_and_query.as_ref()) {
+        parts.path_and_query = Some(rewritten);
+    }
+    Uri::from_parts(parts).map_err(|_| ())
+}
+
+/// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` plus `Upgrade: ...`)?
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+async fn forward(cluster: &Cluster, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let upgrade = if is_upgrade(&req) {
+        let protocol = req.headers().get(UPGRADE).cloned();
+        let downstream = hyper::upgrade::on(&mut req);
+        strip_hop_by_hop(req.headers_mut());
+        req.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(p) = protocol {
+            req.headers_mut().insert(UPGRADE, p);
+        }
+        Some(downstream)
+    } else {
+        strip_hop_by_hop(req.headers_mut());
+        None
+    };
+    // hyper-util sends HTTP/1.1 or HTTP/2 by what the pooled connection speaks.
+    *req.version_mut() = Version::HTTP_11;
+    match cluster.upstream.request(req).await {
         Ok(mut resp) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(downstream) = upgrade {
+                    splice(downstream, hyper::upgrade::on(&mut resp));
+                    return resp.map(Either::Left);
+                }
+            }
             strip_hop_by_hop(resp.headers_mut());
             resp.map(Either::Left)
         }
@@ -86,4 +139,14 @@ async fn forward(cluster: &crate::cluster::Cluster, req: Request<Incoming>) -> R
             local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n")
         }
     }
+}
+
+/// Once both sides have switched protocols, copy bytes both ways until either closes.
+fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        if let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) {
+            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        }
+    });
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{ClusterSpec, LbKind, MatchSpec, RedirectSpec, RewriteSpec};
+use crate::config::{ClusterProtocol, ClusterSpec, LbKind, MatchSpec, RedirectSpec, RewriteSpec};
 use crate::http::actions::tests_support::header_actions;
 use crate::http::actions::{ForwardActions, HeaderActions, Local};
 use crate::http::client::{PoolSettings, Upstream};
@@ -18,13 +18,16 @@ fn target(cluster: &str) -> Arc<Target> {
         connect_timeout_ms: 1000,
         max_idle_per_endpoint: 1,
         idle_timeout_ms: 1000,
+        protocol: ClusterProtocol::Http1,
+        tls: None,
     };
     let settings = PoolSettings {
         connect_timeout: Duration::from_secs(1),
         max_idle_per_endpoint: 1,
         idle_timeout: Duration::from_secs(1),
+        protocol: ClusterProtocol::Http1,
     };
-    let upstream = Arc::new(Upstream::new(settings, Arc::default()));
+    let upstream = Arc::new(Upstream::new(settings, None, Arc::default()));
     Arc::new(Target {
         cluster: Arc::new(Cluster::compile(&spec, "clusters.0", upstream).unwrap()),
         counters: Arc::default(),

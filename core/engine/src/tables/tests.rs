@@ -31,7 +31,8 @@ fn snapshot(extra_route: &str, clusters: &str) -> Snapshot {
     let r0 = route("r0", json!({}));
     let text = format!(
         r#"{{"version": 4,
-            "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "routes": [{r0}{extra_route}]}}],
+            "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "routes": [{r0}{extra_route}],
+                "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}],
             "clusters": [{clusters}]}}"#
     );
     Snapshot::from_json(&text).unwrap()
@@ -43,7 +44,7 @@ fn with_route(fields: Value) -> Snapshot {
 }
 
 const CLUSTER_A: &str = r#"{"name": "a", "endpoints": ["127.0.0.1:9"], "lb": "round_robin",
-    "connect_timeout_ms": 100, "max_idle_per_endpoint": 4, "idle_timeout_ms": 1000}"#;
+    "connect_timeout_ms": 100, "max_idle_per_endpoint": 4, "idle_timeout_ms": 1000, "protocol": "http1", "tls": null}"#;
 
 fn compile_err(snap: &Snapshot) -> Error {
     compile(snap, &[0], &Metrics::default(), &UpstreamCache::new()).unwrap_err()
