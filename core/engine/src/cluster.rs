@@ -10,6 +10,7 @@ use http::uri::Authority;
 use crate::config::{ClusterSpec, LbKind};
 use crate::error::Error;
 use crate::http::client::Upstream;
+use crate::policy::ClusterPolicy;
 use lb::RoundRobin;
 
 /// A compiled cluster. Immutable but for the balancer's own atomic state.
@@ -21,6 +22,8 @@ pub(crate) struct Cluster {
     endpoints: Box<[Authority]>,
     lb: RoundRobin,
     pub(crate) upstream: Arc<Upstream>,
+    /// Circuit breaker, outlier detection and retry budget (policy/).
+    pub(crate) policy: ClusterPolicy,
 }
 
 impl Cluster {
@@ -38,13 +41,21 @@ impl Cluster {
         let lb = match spec.lb {
             LbKind::RoundRobin => RoundRobin::default(),
         };
-        Ok(Self { name: spec.name.as_str().into(), endpoints, lb, upstream })
+        let policy = ClusterPolicy::compile(spec.policy.as_ref(), path, endpoints.len(), &upstream.stats)?;
+        Ok(Self { name: spec.name.as_str().into(), endpoints, lb, upstream, policy })
     }
 
-    /// The endpoint for the next request.
+    /// The endpoint for the next request, and its index (for `policy.outlier.observe`).
     #[inline]
-    pub(crate) fn pick(&self) -> &Authority {
-        &self.endpoints[self.lb.pick(self.endpoints.len())]
+    pub(crate) fn pick(&self) -> (usize, &Authority) {
+        let len = self.endpoints.len();
+        let mut i = self.lb.pick(len);
+        // --- policy: outlier ejection (policy/outlier.rs) skips ejected endpoints ---
+        if let Some(outlier) = &self.policy.outlier {
+            i = outlier.admit(i, len, || self.lb.pick(len));
+        }
+        // --- end policy ---
+        (i, &self.endpoints[i])
     }
 
     pub(crate) fn endpoints(&self) -> impl Iterator<Item = &Authority> {

@@ -182,8 +182,15 @@ impl Engine {
             socket,
             Arc::clone(&stats.active_connections),
             Some(stats),
-            move |stream, _peer, stop| {
-                listener::proxy_connection(Arc::clone(&shared), Arc::clone(&builder), slot, stream, stop)
+            move |stream, peer, stop| {
+                listener::proxy_connection(
+                    Arc::clone(&shared),
+                    Arc::clone(&builder),
+                    slot,
+                    stream,
+                    peer,
+                    stop,
+                )
             },
         )
         .map_err(|e| Error::internal(format!("cannot serve listener {name}: {e}")))

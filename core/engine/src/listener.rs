@@ -124,6 +124,7 @@ pub(crate) async fn proxy_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     slot: usize,
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     stop: Stop,
 ) {
     let kind = {
@@ -135,7 +136,8 @@ pub(crate) async fn proxy_connection(
     };
     let service = {
         let shared = Arc::clone(&shared);
-        service_fn(move |req| proxy::handle(Arc::clone(&shared), slot, req))
+        let client = peer.ip();
+        service_fn(move |req| proxy::handle(Arc::clone(&shared), slot, client, req))
     };
     match &*kind {
         ListenerKind::Http { tls: None } => server::serve(&builder, stream, service, false, stop).await,

@@ -149,7 +149,7 @@ async fn peek_sni(stream: &TcpStream) -> io::Result<Option<String>> {
 /// Connect to an endpoint of `cluster` and copy bytes both ways until both sides are done
 /// (each direction's end is passed on as a half-close) or nothing moved for `idle`.
 async fn relay(mut down: TcpStream, cluster: &Cluster, idle: Duration) -> io::Result<()> {
-    let endpoint = cluster.pick();
+    let (_, endpoint) = cluster.pick();
     let stats = &cluster.upstream.stats;
     let target =
         (endpoint.host().trim_start_matches('[').trim_end_matches(']'), endpoint.port_u16().unwrap_or(0));

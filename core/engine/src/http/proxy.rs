@@ -8,28 +8,48 @@
 //! downstream protocol, and the cluster's client speaks what the cluster is configured for.
 //! HTTP/1.1 upgrades (WebSocket) are forwarded with their upgrade headers and, once the
 //! upstream answers 101, the two connections are spliced until either side closes.
+//!
+//! Traffic policies (policy/) run here, in this order: rate limit (429), fault injection
+//! (delay, abort), circuit breaker admission (503), body buffering for replay, mirroring,
+//! then the tries under the whole-request timeout (504), each try under its per-try timeout
+//! and the pending-request limit, observed by outlier detection and retried as the retry
+//! policy, the budget and the breaker allow. A route with no policy, to a cluster with no
+//! breaker or outlier detection, takes the plain path and pays one branch for all of it.
 
 use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{CONNECTION, HOST, UPGRADE};
-use http::uri::PathAndQuery;
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, RETRY_AFTER, UPGRADE};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::Either;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 
+use super::client::{ConnectionLimit, RequestBody};
 use super::headers::strip_hop_by_hop;
 use super::{local_reply, ProxyBody};
 use crate::cluster::Cluster;
 use crate::engine::Shared;
+use crate::policy::breaker::{BreakerGuard, Limit};
+use crate::policy::ratelimit::retry_after_secs;
+use crate::policy::timeouts::{self, Kind, UpstreamBody};
+use crate::policy::{RoutePolicy, TryOutcome};
 use crate::router::{RouteAction, Target};
 
-/// Serve one request that arrived on the listener in `slot`.
+/// Bodies up to this size are buffered to mirror them when the route has no retry policy
+/// (which brings its own `buffer_limit`).
+const DEFAULT_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// Serve one request that arrived on the listener in `slot` from `client`.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     slot: usize,
+    client: IpAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -52,12 +72,20 @@ pub(crate) async fn handle(
         }
     };
 
-    let mut resp = match upstream_uri(&target, &mut req) {
-        Ok(uri) => {
-            *req.uri_mut() = uri;
+    let mut resp = match prepare(&target, &mut req) {
+        Ok(pq) => {
             // --- routing: host rewrite and request header edits ---
             target.actions.apply_request(req.headers_mut());
-            forward(&target.cluster, req).await
+            let cluster = &target.cluster;
+            cluster.policy.budget.record_request();
+            let plain = target.policy.is_none()
+                && cluster.policy.breaker.is_none()
+                && cluster.policy.outlier.is_none();
+            if plain {
+                forward(cluster, req, pq).await
+            } else {
+                forward_with_policy(&target, target.policy.as_deref(), client, req, pq).await
+            }
         }
         Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
     };
@@ -68,12 +96,9 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-/// The request's URI pointed at the next endpoint of the target's cluster, with the route's
-/// path rewrite. An HTTP/2 request carries its host only as `:authority`; it becomes the
-/// `Host` header before the URI is rewritten.
-fn upstream_uri(target: &Target, req: &mut Request<Incoming>) -> Result<Uri, ()> {
-    let cluster = &target.cluster;
-    let endpoint = cluster.pick().clone();
+/// The path and query sent upstream (with the route's prefix rewrite). An HTTP/2 request
+/// carries its host only as `:authority`; it becomes the `Host` header here.
+fn prepare(target: &Target, req: &mut Request<Incoming>) -> Result<PathAndQuery, ()> {
     if !req.headers().contains_key(HOST) {
         if let Some(authority) = req.uri().authority() {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -81,16 +106,17 @@ fn upstream_uri(target: &Target, req: &mut Request<Incoming>) -> Result<Uri, ()>
             }
         }
     }
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(cluster.upstream.scheme.clone());
-    parts.authority = Some(endpoint);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
+    let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     // --- routing: path-prefix rewrite ---
-    if let Some(rewritten) = target.actions.rewrite_path(parts.path_and_query.as_ref()) {
-        parts.path_and_query = Some(rewritten);
-    }
+    Ok(target.actions.rewrite_path(Some(&pq)).unwrap_or(pq))
+}
+
+/// The URI of `pq` at `endpoint` of `cluster`.
+fn upstream_uri(cluster: &Cluster, endpoint: &Authority, pq: PathAndQuery) -> Result<Uri, ()> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(cluster.upstream.scheme.clone());
+    parts.authority = Some(endpoint.clone());
+    parts.path_and_query = Some(pq);
     Uri::from_parts(parts).map_err(|_| ())
 }
 
@@ -105,7 +131,13 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
-async fn forward(cluster: &Cluster, mut req: Request<Incoming>) -> Response<ProxyBody> {
+/// One try, no policy: the plain path (and the path of upgrades).
+async fn forward(cluster: &Cluster, mut req: Request<Incoming>, pq: PathAndQuery) -> Response<ProxyBody> {
+    let (_, endpoint) = cluster.pick();
+    match upstream_uri(cluster, endpoint, pq) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(()) => return local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+    }
     let upgrade = if is_upgrade(&req) {
         let protocol = req.headers().get(UPGRADE).cloned();
         let downstream = hyper::upgrade::on(&mut req);
@@ -121,16 +153,21 @@ async fn forward(cluster: &Cluster, mut req: Request<Incoming>) -> Response<Prox
     };
     // hyper-util sends HTTP/1.1 or HTTP/2 by what the pooled connection speaks.
     *req.version_mut() = Version::HTTP_11;
-    match cluster.upstream.request(req).await {
+    match cluster.upstream.request(req.map(Either::Left)).await {
         Ok(mut resp) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(downstream) = upgrade {
                     splice(downstream, hyper::upgrade::on(&mut resp));
-                    return resp.map(Either::Left);
+                    return resp.map(|b| Either::Left(UpstreamBody::plain(b)));
                 }
             }
             strip_hop_by_hop(resp.headers_mut());
-            resp.map(Either::Left)
+            resp.map(|b| Either::Left(UpstreamBody::plain(b)))
+        }
+        Err(e) if chain_has::<ConnectionLimit>(&e) => overflow(Limit::Connections),
+        Err(e) if e.is_connect() && timed_out(&e) => {
+            cluster.upstream.stats.timeouts[Kind::Connect as usize].inc();
+            timeouts::reply(Kind::Connect)
         }
         // The connector already counted the failure; nothing reached the upstream.
         Err(e) if e.is_connect() => local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect failed\n"),
@@ -139,6 +176,241 @@ async fn forward(cluster: &Cluster, mut req: Request<Incoming>) -> Response<Prox
             local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n")
         }
     }
+}
+
+// === the policy path ===
+
+async fn forward_with_policy(
+    target: &Target,
+    policy: Option<&RoutePolicy>,
+    client: IpAddr,
+    req: Request<Incoming>,
+    pq: PathAndQuery,
+) -> Response<ProxyBody> {
+    let cluster = &target.cluster;
+    if let Some(p) = policy {
+        // --- policy: local rate limit (policy/ratelimit.rs) ---
+        if let Some(limit) = &p.rate_limit {
+            if let Err(wait) = limit.check(req.headers(), Some(client)) {
+                p.stats.rate_limited.inc();
+                let mut resp = local_reply(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+                return resp;
+            }
+        }
+        // --- policy: fault injection (policy/fault.rs) ---
+        if let Some(fault) = &p.fault {
+            if let Some(delay) = fault.delay() {
+                p.stats.faults_delayed.inc();
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = fault.abort() {
+                p.stats.faults_aborted.inc();
+                let mut resp = local_reply(status, "fault injected\n");
+                resp.headers_mut().insert("x-pymesh-fault", HeaderValue::from_static("abort"));
+                return resp;
+            }
+        }
+    }
+    // --- policy: circuit breaker, requests in flight (policy/breaker.rs) ---
+    let guard = match &cluster.policy.breaker {
+        Some(b) => match b.admit(Limit::Requests) {
+            Some(g) => Some(g),
+            None => return overflow(Limit::Requests),
+        },
+        None => None,
+    };
+    if is_upgrade(&req) {
+        return forward(cluster, req, pq).await;
+    }
+    // --- policy: whole-request timeout (policy/timeouts.rs) ---
+    let work = tries(target, policy, req, pq, guard);
+    match policy.and_then(|p| p.timeout) {
+        Some(t) => match tokio::time::timeout(t, work).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                cluster.upstream.stats.timeouts[Kind::Request as usize].inc();
+                timeouts::reply(Kind::Request)
+            }
+        },
+        None => work.await,
+    }
+}
+
+/// The tries of one request: buffer, mirror, then try, observe and retry as allowed.
+async fn tries(
+    target: &Target,
+    policy: Option<&RoutePolicy>,
+    req: Request<Incoming>,
+    pq: PathAndQuery,
+    mut guard: Option<BreakerGuard>,
+) -> Response<ProxyBody> {
+    let cluster = &target.cluster;
+    let stats = &cluster.upstream.stats;
+    let retry = policy.and_then(|p| p.retry.as_ref());
+    let mirror = policy.and_then(|p| p.mirror.as_ref()).filter(|m| m.wanted());
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+
+    // --- policy: buffer the body for replay or mirroring, when it is known to be small ---
+    let limit = retry.map_or(DEFAULT_BUFFER_LIMIT, |r| r.buffer_limit);
+    let (buffered, mut streamed) = if body.is_end_stream() {
+        (Some(Bytes::new()), None)
+    } else if (retry.is_some() || mirror.is_some()) && body.size_hint().exact().is_some_and(|n| n <= limit) {
+        match body.collect().await {
+            Ok(collected) => (Some(collected.to_bytes()), None),
+            Err(_) => return local_reply(StatusCode::BAD_REQUEST, "request body could not be read\n"),
+        }
+    } else {
+        (None, Some(body))
+    };
+
+    // --- policy: mirroring (policy/mirror.rs), fire and forget ---
+    if let (Some(m), Some(b)) = (mirror, &buffered) {
+        m.send(&parts, pq.clone(), b.clone());
+    }
+
+    let per_try = policy.and_then(|p| p.per_try_timeout);
+    let idle = policy.and_then(|p| p.idle_timeout);
+    let mut done = 0u32;
+    let mut _retry_place: Option<BreakerGuard> = None;
+    loop {
+        let (index, endpoint) = cluster.pick();
+        let Ok(uri) = upstream_uri(cluster, endpoint, pq.clone()) else {
+            return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+        };
+        let last = buffered.is_none() || retry.is_none_or(|r| done >= r.attempts);
+        let body: RequestBody = match (&buffered, streamed.take()) {
+            (Some(b), _) => Either::Right(Full::new(b.clone())),
+            (None, Some(s)) => Either::Left(s),
+            (None, None) => return local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
+        };
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+
+        // --- policy: circuit breaker, pending requests ---
+        let pending = match &cluster.policy.breaker {
+            Some(b) => match b.admit(Limit::Pending) {
+                Some(g) => Some(g),
+                None => return overflow(Limit::Pending),
+            },
+            None => None,
+        };
+        let sent = cluster.upstream.request(up);
+        // --- policy: per-try timeout ---
+        let result = match per_try {
+            Some(d) => tokio::time::timeout(d, sent).await.ok(),
+            None => Some(sent.await),
+        };
+        drop(pending);
+        let (outcome, resp) = match result {
+            None => {
+                stats.timeouts[Kind::PerTry as usize].inc();
+                (TryOutcome::PerTryTimeout, None)
+            }
+            Some(Ok(resp)) => {
+                let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+                (TryOutcome::Response { status: resp.status().as_u16(), grpc }, Some(resp))
+            }
+            Some(Err(e)) if chain_has::<ConnectionLimit>(&e) => return overflow(Limit::Connections),
+            Some(Err(e)) if e.is_connect() && timed_out(&e) => {
+                stats.timeouts[Kind::Connect as usize].inc();
+                (TryOutcome::ConnectTimeout, None)
+            }
+            Some(Err(e)) if e.is_connect() => (TryOutcome::ConnectFailure, None),
+            Some(Err(e)) if refused_stream(&e) => (TryOutcome::RefusedStream, None),
+            Some(Err(_)) => {
+                stats.upstream_errors.inc();
+                (TryOutcome::Reset, None)
+            }
+        };
+        // --- policy: outlier detection observes every try (policy/outlier.rs) ---
+        if let Some(outlier) = &cluster.policy.outlier {
+            outlier.observe(index, outcome);
+        }
+        // --- policy: retry, within the attempts, the budget and the breaker ---
+        if let Some(r) = retry.filter(|r| !last && r.retries(outcome, &parts.method)) {
+            let place = match &cluster.policy.breaker {
+                Some(b) => b.admit(Limit::Retries).map(Some),
+                None => Some(None),
+            };
+            if let Some(place) = place {
+                if cluster.policy.budget.try_retry(r.budget_percent, r.min_retries_per_second) {
+                    done += 1;
+                    stats.retries.inc();
+                    _retry_place = place;
+                    drop(resp);
+                    tokio::time::sleep(r.backoff(done)).await;
+                    continue;
+                }
+                stats.budget_exhausted.inc();
+            }
+        }
+        return match (outcome, resp) {
+            (_, Some(mut resp)) => {
+                strip_hop_by_hop(resp.headers_mut());
+                resp.map(|b| Either::Left(UpstreamBody::with_policy(b, idle, stats, guard.take())))
+            }
+            (TryOutcome::ConnectTimeout, None) => timeouts::reply(Kind::Connect),
+            (TryOutcome::PerTryTimeout, None) => timeouts::reply(Kind::PerTry),
+            (TryOutcome::ConnectFailure, None) => {
+                local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect failed\n")
+            }
+            (_, None) => local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
+        };
+    }
+}
+
+/// The 503 of a tripped circuit breaker, at once, with `x-pymesh-overflow` saying so.
+fn overflow(limit: Limit) -> Response<ProxyBody> {
+    let text = match limit {
+        Limit::Connections => "circuit breaker open: too many upstream connections\n",
+        Limit::Pending => "circuit breaker open: too many pending requests\n",
+        Limit::Requests => "circuit breaker open: too many requests\n",
+        Limit::Retries => "circuit breaker open: too many retries\n",
+    };
+    let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, text);
+    resp.headers_mut().insert("x-pymesh-overflow", HeaderValue::from_static("circuit-breaker"));
+    resp
+}
+
+/// Whether any error in `e`'s source chain is a `T`.
+fn chain_has<T: StdError + 'static>(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A connect that failed because the connect timeout fired.
+fn timed_out(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// An HTTP/2 REFUSED_STREAM: the server did not process the request.
+fn refused_stream(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<h2::Error>().and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Once both sides have switched protocols, copy bytes both ways until either closes.
