@@ -21,7 +21,7 @@ from pathlib import Path
 
 import uvicorn
 
-from pymesh import __version__, bench
+from pymesh import __version__, bench, policy_cli
 from pymesh._core import Core
 from pymesh.addresses import check_listen, format_host_port, split_host_port
 from pymesh.config import AdminConfig, MeshConfig, load_config_file
@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _echo(args)
     if args.command == "bench":
         return bench.command(args)
+    if args.command == "policy":
+        return policy_cli.command(args)
     return _validate(args)
 
 
@@ -82,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file", metavar="FILE")
 
     bench.add_arguments(sub.add_parser("bench", help="load-test a URL (the bundled generator)"))
+    policy_cli.add_arguments(sub.add_parser("policy", help="explain effective traffic policies"))
     return parser
 
 

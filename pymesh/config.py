@@ -30,6 +30,13 @@ from pymesh.addresses import Endpoint, ListenAddress, listen_key
 from pymesh.documents import DocumentError, parse_document
 from pymesh.durations import Duration
 from pymesh.errors import ConfigError, ErrorItem
+from pymesh.policy import (
+    ClusterPolicyFields,
+    ListenerDefaults,
+    MeshDefaults,
+    RoutePolicyFields,
+    policy_problems,
+)
 
 __all__ = [
     "FILE_LOC",
@@ -514,9 +521,10 @@ class Redirect(_Model):
         return self
 
 
-class Route(_Model):
+class Route(RoutePolicyFields):
     """Take matching requests and do exactly one of: forward them to clusters split by
-    weight (`to`), answer them (`direct_response`), or redirect them (`redirect`)."""
+    weight (`to`), answer them (`direct_response`), or redirect them (`redirect`). A route
+    that forwards may carry traffic policies (pymesh/policy.py)."""
 
     name: Name | None = Field(
         default=None,
@@ -644,6 +652,11 @@ class Listener(_Model):
         description="`tcp` and `tls-passthrough` listeners: a connection with no bytes either "
         "way for this long is closed.",
     )
+    defaults: ListenerDefaults | None = Field(
+        default=None,
+        description="`http` listeners: policy defaults for the listener's routes "
+        "(`{route: {timeout, retry, ...}}`); they override the mesh's `defaults.route`.",
+    )
 
 
 # === clusters ===
@@ -686,8 +699,9 @@ class ClusterTls(_Model):
     )
 
 
-class Cluster(_Model):
-    """A named group of upstream endpoints that routes send requests to."""
+class Cluster(ClusterPolicyFields):
+    """A named group of upstream endpoints that routes send requests to. It may carry a
+    circuit breaker and outlier detection (pymesh/policy.py)."""
 
     name: Name = Field(description="Unique name of the cluster. Required.")
     endpoints: list[Endpoint] = Field(
@@ -771,6 +785,12 @@ class MeshConfig(_Model):
     clusters: list[Cluster] = Field(
         default_factory=list,
         description="Upstream clusters that routes refer to by name. Default: none.",
+    )
+    defaults: MeshDefaults = Field(
+        default_factory=MeshDefaults,
+        description="Mesh-wide policy defaults: `route` (timeout, retry, rate_limit, fault, "
+        "mirror...) and `cluster` (circuit_breaker, outlier_detection); listeners, routes "
+        "and clusters override them field by field.",
     )
 
 
@@ -876,6 +896,8 @@ def check_config(cfg: MeshConfig) -> None:
                 err(f"{at}.routes.{j}.{loc}", msg)
         for loc, msg in _shadowed_routes(listener.routes, f"{at}.routes"):
             err(loc, msg)
+    for loc, msg in policy_problems(cfg):
+        err(loc, msg)
     if errors:
         raise ConfigError(errors)
 

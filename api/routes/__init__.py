@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter
 
-from . import config, health, stats
+from . import config, health, policy, stats
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(config.router)
 api_router.include_router(stats.router)
+api_router.include_router(policy.router)
 
 __all__ = ["api_router"]
