@@ -36,6 +36,7 @@ from pymesh.policy import (
     MeshDefaults,
     RoutePolicyFields,
     policy_problems,
+    union_branches_removed,
 )
 
 __all__ = [
@@ -1057,8 +1058,12 @@ def _shadowed_routes(routes: list[Route], at: str) -> list[tuple[str, str]]:
 def _from_pydantic(exc: ValidationError) -> ConfigError:
     items: list[ErrorItem] = []
     for e in exc.errors(include_url=False, include_input=False):
+        # Policy fields are "X or false": say what is wrong with X, without the branch names.
+        parts = union_branches_removed(e["loc"])
+        if parts is None:
+            continue
         # A bad mapping key is reported at the key itself, without pydantic's "[key]" part.
-        loc = ".".join(str(part) for part in e["loc"] if part != "[key]") or ROOT_LOC
+        loc = ".".join(str(part) for part in parts if part != "[key]") or ROOT_LOC
         msg = e["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)

@@ -382,6 +382,22 @@ class MeshDefaults(_Model):
     )
 
 
+_POLICY_MODELS = frozenset(
+    m.__name__
+    for m in (
+        Retry,
+        RateLimit,
+        RateLimitKey,
+        Fault,
+        FaultDelay,
+        FaultAbort,
+        Mirror,
+        CircuitBreaker,
+        OutlierDetection,
+        SuccessRate,
+    )
+)
+
 ROUTE_FIELDS = tuple(RoutePolicyFields.model_fields)
 CLUSTER_FIELDS = tuple(ClusterPolicyFields.model_fields)
 
@@ -466,6 +482,19 @@ def _shown(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude_defaults=True)
     return value
+
+
+def union_branches_removed(loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+    """A pydantic error ``loc`` without the union branch names that ``X | false`` fields add
+    (``Retry``, ``literal[False]``, ``function-before[...]``); None for the error of the
+    ``false`` branch itself, which only repeats that the value is not ``false``."""
+    if loc and loc[-1] == "literal[False]":
+        return None
+    return tuple(
+        p
+        for p in loc
+        if not (isinstance(p, str) and (p in _POLICY_MODELS or p.startswith("function-")))
+    )
 
 
 # === layering ===
