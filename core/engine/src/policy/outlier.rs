@@ -119,7 +119,8 @@ impl Outlier {
     /// Whether endpoint `i` is ejected now.
     #[inline]
     pub(crate) fn is_ejected(&self, i: usize) -> bool {
-        self.is_ejected_at(i, self.now_ms())
+        // The common case (not ejected) reads no clock.
+        self.endpoints[i].ejected_until.load(Ordering::Relaxed) != 0 && self.is_ejected_at(i, self.now_ms())
     }
 
     fn is_ejected_at(&self, i: usize, now: u64) -> bool {
@@ -147,6 +148,15 @@ impl Outlier {
 
     /// Record how a try to endpoint `i` ended.
     pub(crate) fn observe(&self, i: usize, outcome: TryOutcome) {
+        // A success with nothing to reset and no success-rate window needs no clock.
+        let e = &self.endpoints[i];
+        if self.success_rate.is_none()
+            && matches!(outcome, TryOutcome::Response { status, .. } if status < 500)
+            && e.consecutive_5xx.load(Ordering::Relaxed) == 0
+            && e.consecutive_gateway.load(Ordering::Relaxed) == 0
+        {
+            return;
+        }
         self.observe_at(i, outcome, self.now_ms());
     }
 
