@@ -43,7 +43,12 @@ impl Transport {
         Self { addrs, tls: None }
     }
 
-    pub(crate) fn tls(addrs: Vec<SocketAddr>, host: &str, opts: &BenchTls, http2: bool) -> Result<Self, Error> {
+    pub(crate) fn tls(
+        addrs: Vec<SocketAddr>,
+        host: &str,
+        opts: &BenchTls,
+        http2: bool,
+    ) -> Result<Self, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
