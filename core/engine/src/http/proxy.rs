@@ -5,6 +5,7 @@
 //! atomic add for round robin, and the URI rewrite. No lock, no Python.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,10 +18,11 @@ use super::headers::strip_hop_by_hop;
 use super::{local_reply, ProxyBody};
 use crate::engine::Shared;
 
-/// Serve one request that arrived on the listener in `slot`.
+/// Serve one request that arrived on the listener in `slot` from the client at `peer`.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     slot: usize,
+    peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -39,7 +41,16 @@ pub(crate) async fn handle(
         }
     };
 
-    let endpoint = target.cluster.pick().clone();
+    // --- load balancing: pick an endpoint in rotation; `_in_flight` counts the request on it
+    // (least_request, ewma) until the response head is back.
+    let Some((endpoint, _in_flight)) = target.cluster.pick(&req, peer) else {
+        let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+        target.counters.record(resp.status().as_u16());
+        target.route_stats.duration.record(start.elapsed());
+        return Ok(resp);
+    };
+    let endpoint = endpoint.clone();
+    // --- end load balancing
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(endpoint);

@@ -1,16 +1,19 @@
 use super::*;
-use crate::config::{ClusterSpec, LbKind};
+use crate::config::{ClusterSpec, EndpointSpec, LbKind};
 use crate::http::client::{PoolSettings, Upstream};
 use std::time::Duration;
 
 fn target(cluster: &str) -> Arc<Target> {
     let spec = ClusterSpec {
         name: cluster.into(),
-        endpoints: vec!["127.0.0.1:1".into()],
+        endpoints: vec![EndpointSpec::Address("127.0.0.1:1".into())],
         lb: LbKind::RoundRobin,
         connect_timeout_ms: 1000,
         max_idle_per_endpoint: 1,
         idle_timeout_ms: 1000,
+        hash_on: None,
+        health_check: None,
+        panic_threshold_percent: 50,
     };
     let settings = PoolSettings {
         connect_timeout: Duration::from_secs(1),
@@ -19,7 +22,10 @@ fn target(cluster: &str) -> Arc<Target> {
     };
     let upstream = Arc::new(Upstream::new(settings, Arc::default()));
     Arc::new(Target {
-        cluster: Arc::new(Cluster::compile(&spec, "clusters.0", upstream).unwrap()),
+        cluster: Arc::new(
+            Cluster::compile(&spec, "clusters.0", upstream, None, &crate::metrics::Metrics::default())
+                .unwrap(),
+        ),
         counters: Arc::default(),
         route_stats: Arc::default(),
     })
