@@ -100,8 +100,11 @@ def test_defaults() -> None:
         "name": "a",
         "endpoints": ["127.0.0.1:9001"],
         "lb": "round_robin",
+        "hash_on": None,
         "connect_timeout": "1s",
         "pool": {"max_idle_per_endpoint": 1024, "idle_timeout": "90s"},
+        "health_check": None,
+        "panic_threshold_percent": 50,
     }
 
 
@@ -178,13 +181,13 @@ def test_names() -> None:
     assert errors_of(data).keys() == {"listeners.0.name", "clusters.0.name"}
 
 
-def test_protocol_and_lb_not_supported_yet() -> None:
+def test_protocol_not_supported_yet_and_unknown_lb() -> None:
     data = minimal()
     data["listeners"][0]["protocol"] = "tcp"
-    data["clusters"][0]["lb"] = "least_request"
+    data["clusters"][0]["lb"] = "fastest"
     errors = errors_of(data)
     assert "not supported yet" in errors["listeners.0.protocol"]
-    assert "not supported yet" in errors["clusters.0.lb"]
+    assert "'round_robin'" in errors["clusters.0.lb"]
     data["listeners"][0]["protocol"] = "gopher"
     assert "unknown protocol" in errors_of(data)["listeners.0.protocol"]
 
@@ -380,19 +383,28 @@ def test_snapshot_json(tmp_path: Path) -> None:
         "clusters": [
             {
                 "name": "v1",
-                "endpoints": ["127.0.0.1:9001", "127.0.0.1:9002"],
+                "endpoints": [
+                    {"address": "127.0.0.1:9001", "weight": 1},
+                    {"address": "127.0.0.1:9002", "weight": 1},
+                ],
                 "lb": "round_robin",
+                "hash_on": None,
                 "connect_timeout_ms": 1000,
                 "max_idle_per_endpoint": 1024,
                 "idle_timeout_ms": 90000,
+                "health_check": None,
+                "panic_threshold_percent": 50,
             },
             {
                 "name": "v2",
-                "endpoints": ["[::1]:9003"],
+                "endpoints": [{"address": "[::1]:9003", "weight": 1}],
                 "lb": "round_robin",
+                "hash_on": None,
                 "connect_timeout_ms": 250,
                 "max_idle_per_endpoint": 8,
                 "idle_timeout_ms": 60000,
+                "health_check": None,
+                "panic_threshold_percent": 50,
             },
         ],
     }
