@@ -2,6 +2,8 @@
 
 from typing import Any, final
 
+__all__ = ["ApplyError", "BindError", "Core", "CoreError", "__version__", "run_bench"]
+
 __version__: str
 
 class CoreError(Exception):
@@ -23,7 +25,7 @@ class Core:
     Every method that may wait releases the GIL.
     """
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __new__(cls, workers: int | None = None) -> Core:
         """Start the runtime with ``workers`` threads (default: the number of CPUs)."""
 
     def apply(self, snapshot_json: str) -> int:
@@ -66,9 +68,9 @@ def run_bench(
     duration_s: float | None = None,
     requests: int | None = None,
     rate: float | None = None,
-    method: str = "GET",
+    method: str = ...,
     headers: list[tuple[str, str]] = ...,
-    body: bytes = b"",
+    body: bytes = ...,
     timeout_s: float = 10.0,
     warmup_s: float = 0.0,
     progress: bool = False,
