@@ -1,0 +1,115 @@
+"""The six balancers and endpoint weights, end to end through ``pymesh run``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from meshtest import HTTP_TIMEOUT, PYMESH, Echo, Mesh, Proc, cluster, listener, route
+
+
+def balanced_mesh(mesh: Callable[..., Mesh], endpoints: list[Any], **extra: Any) -> Mesh:
+    return mesh(
+        {
+            "listeners": [listener("ingress", [route("backend")])],
+            "clusters": [cluster("backend", *endpoints, **extra)],
+        }
+    )
+
+
+def server_ids(url: str, requests: Iterable[dict[str, str]]) -> list[str]:
+    """The server-id of the answer to each request (one keep-alive client; headers each)."""
+    out: list[str] = []
+    with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT) as c:
+        for headers in requests:
+            r = c.get("/", headers=headers)
+            assert r.status_code == 200, r.text
+            out.append(r.headers["server-id"])
+    return out
+
+
+def three(echo: Callable[..., Echo]) -> list[Echo]:
+    return [echo("e0"), echo("e1"), echo("e2")]
+
+
+@pytest.mark.parametrize("lb", ["random", "least_request", "ewma", "round_robin"])
+def test_balancers_spread_over_every_endpoint(
+    lb: str, echo: Callable[..., Echo], mesh: Callable[..., Mesh]
+) -> None:
+    ups = three(echo)
+    m = balanced_mesh(mesh, [u.address for u in ups], lb=lb)
+    seen = Counter(server_ids(m.listener("ingress"), [{}] * 300))
+    assert set(seen) == {"e0", "e1", "e2"}, seen
+    if lb != "ewma":
+        # 100 expected each; a binomial(300, 1/3) is within 100 +- 40 but for 1 in 10^5.
+        assert all(60 <= n <= 140 for n in seen.values()), seen
+
+
+@pytest.mark.parametrize("lb", ["random", "round_robin", "least_request"])
+def test_weights_3_to_1(lb: str, echo: Callable[..., Echo], mesh: Callable[..., Mesh]) -> None:
+    heavy, light = echo("heavy"), echo("light")
+    endpoints = [{"address": heavy.address, "weight": 3}, light.address]
+    m = balanced_mesh(mesh, endpoints, lb=lb)
+    seen = Counter(server_ids(m.listener("ingress"), [{}] * 400))
+    # 300:100 expected; random is within +-45 but for 1 in 10^5; round robin is exact.
+    assert 255 <= seen["heavy"] <= 345, seen
+    assert seen["heavy"] + seen["light"] == 400
+    if lb == "round_robin":
+        assert seen == Counter(heavy=300, light=100)
+    status = m.stats()["clusters"]["backend"]["endpoint_status"]
+    assert status == [
+        {"address": heavy.address, "weight": 3, "healthy": True},
+        {"address": light.address, "weight": 1, "healthy": True},
+    ]
+
+
+@pytest.mark.parametrize("lb", ["ring_hash", "maglev"])
+@pytest.mark.parametrize("key", ["header", "cookie"])
+def test_hashing_sticks_by_header_and_cookie(
+    lb: str, key: str, echo: Callable[..., Echo], mesh: Callable[..., Mesh]
+) -> None:
+    ups = three(echo)
+    hash_on = {"header": "x-user"} if key == "header" else {"cookie": "session"}
+    m = balanced_mesh(mesh, [u.address for u in ups], lb=lb, hash_on=hash_on)
+
+    def headers(user: int) -> dict[str, str]:
+        if key == "header":
+            return {"x-user": f"user-{user}"}
+        return {"cookie": f"theme=dark; session=s-{user}"}
+
+    # 40 users, 5 requests each, interleaved: every user always lands on the same endpoint.
+    users = list(range(40))
+    ids = server_ids(m.listener("ingress"), [headers(u) for _ in range(5) for u in users])
+    by_user = {u: {ids[i * len(users) + u] for i in range(5)} for u in users}
+    assert all(len(s) == 1 for s in by_user.values()), by_user
+    # And the users spread over all three (40 keys missing one of 3 equal shares: ~1e-7).
+    assert {s.pop() for s in by_user.values()} == {"e0", "e1", "e2"}
+    # Requests without the key are balanced at random.
+    assert len(set(server_ids(m.listener("ingress"), [{}] * 60))) == 3
+
+
+@pytest.mark.parametrize("lb", ["ring_hash", "maglev"])
+def test_hashing_on_source_ip_pins_a_client(
+    lb: str, echo: Callable[..., Echo], mesh: Callable[..., Mesh]
+) -> None:
+    ups = three(echo)
+    m = balanced_mesh(mesh, [u.address for u in ups], lb=lb, hash_on={"source_ip": True})
+    url = m.listener("ingress")
+    # Every request from 127.0.0.1, over new connections too, goes to one endpoint.
+    ids = server_ids(url, [{}] * 20) + server_ids(url, [{"x-user": "other"}] * 20)
+    assert len(set(ids)) == 1, Counter(ids)
+
+
+def test_hashing_without_a_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "clusters: [{name: c, endpoints: [127.0.0.1:9001], lb: maglev}]\n"
+        "listeners: [{name: in, listen: 127.0.0.1:0, routes: [{to: [{cluster: c}]}]}]\n"
+    )
+    proc = Proc([PYMESH, "validate", str(path)])
+    assert proc.wait() == 2
+    assert "clusters.0.hash_on" in proc.stderr
