@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +117,64 @@ def test_hashing_without_a_key_is_refused(tmp_path: Path) -> None:
     proc = Proc([PYMESH, "validate", str(path)])
     assert proc.wait() == 2
     assert "clusters.0.hash_on" in proc.stderr
+
+
+class _SlowHandler(BaseHTTPRequestHandler):
+    """Answers every GET after a fixed delay (the upstream's latency), as `server-id: slow`."""
+
+    protocol_version = "HTTP/1.1"
+    delay_s = 0.05
+
+    def do_GET(self) -> None:
+        time.sleep(self.delay_s)  # the latency under test, not a synchronisation
+        self.send_response(200)
+        self.send_header("server-id", "slow")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_upstream() -> Iterator[str]:
+    """A real loopback HTTP/1.1 upstream that takes 50 ms per answer; yields its address."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_ewma_prefers_the_faster_endpoint(
+    echo: Callable[..., Echo], mesh: Callable[..., Mesh], slow_upstream: str
+) -> None:
+    fast = echo("fast")
+    m = balanced_mesh(mesh, [fast.address, slow_upstream], lb="ewma")
+    seen = Counter(server_ids(m.listener("ingress"), [{}] * 200))
+    # One answer from the slow one lifts its estimate to 50 ms, over 50x the fast one's:
+    # from then on it loses every draw (its estimate needs ~40 s to decay that far).
+    # Round robin would send it 100.
+    assert seen["fast"] + seen["slow"] == 200
+    assert seen["slow"] <= 5, seen
+
+
+def test_least_request_prefers_the_less_loaded_endpoint(
+    echo: Callable[..., Echo], mesh: Callable[..., Mesh], slow_upstream: str
+) -> None:
+    fast = echo("fast")
+    m = balanced_mesh(mesh, [fast.address, slow_upstream], lb="least_request")
+    url = m.listener("ingress")
+
+    def client(_: int) -> list[str]:
+        return server_ids(url, [{}] * 25)
+
+    # Eight clients at once: requests pile up on the slow endpoint (50 ms each), so p2c sends
+    # most of them to the fast one (about 1 in 10 in trials); round robin would send it half.
+    with ThreadPoolExecutor(8) as pool:
+        seen = Counter(i for ids in pool.map(client, range(8)) for i in ids)
+    assert seen["fast"] + seen["slow"] == 200
+    assert seen["slow"] < 60, seen
