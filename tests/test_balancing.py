@@ -40,7 +40,9 @@ def three(echo: Callable[..., Echo]) -> list[Echo]:
     return [echo("e0"), echo("e1"), echo("e2")]
 
 
-@pytest.mark.parametrize("lb", ["random", "least_request", "ewma", "round_robin"])
+# Not ewma: it rightly keeps away from whichever endpoint answered slowest first (a new
+# connection's handshake is enough), so it need not reach all three; see the ewma test below.
+@pytest.mark.parametrize("lb", ["random", "least_request", "round_robin"])
 def test_balancers_spread_over_every_endpoint(
     lb: str, echo: Callable[..., Echo], mesh: Callable[..., Mesh]
 ) -> None:
@@ -48,9 +50,8 @@ def test_balancers_spread_over_every_endpoint(
     m = balanced_mesh(mesh, [u.address for u in ups], lb=lb)
     seen = Counter(server_ids(m.listener("ingress"), [{}] * 300))
     assert set(seen) == {"e0", "e1", "e2"}, seen
-    if lb != "ewma":
-        # 100 expected each; a binomial(300, 1/3) is within 100 +- 40 but for 1 in 10^5.
-        assert all(60 <= n <= 140 for n in seen.values()), seen
+    # 100 expected each; a binomial(300, 1/3) is within 100 +- 40 but for 1 in 10^5.
+    assert all(60 <= n <= 140 for n in seen.values()), seen
 
 
 @pytest.mark.parametrize("lb", ["random", "round_robin", "least_request"])
