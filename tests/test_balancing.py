@@ -13,7 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
-from meshtest import HTTP_TIMEOUT, PYMESH, Echo, Mesh, Proc, cluster, listener, route
+from meshtest import (
+    HTTP_TIMEOUT,
+    PYMESH,
+    Echo,
+    Mesh,
+    Proc,
+    cluster,
+    dead_address,
+    listener,
+    route,
+)
 
 
 def balanced_mesh(mesh: Callable[..., Mesh], endpoints: list[Any], **extra: Any) -> Mesh:
@@ -161,6 +171,21 @@ def test_ewma_prefers_the_faster_endpoint(
     # Round robin would send it 100.
     assert seen["fast"] + seen["slow"] == 200
     assert seen["slow"] <= 5, seen
+
+
+def test_ewma_keeps_away_from_an_endpoint_that_fails(
+    echo: Callable[..., Echo], mesh: Callable[..., Mesh]
+) -> None:
+    # A refused connect is the fastest answer there is; it must count as a slow one.
+    live = echo("live")
+    m = balanced_mesh(mesh, [live.address, dead_address()], lb="ewma")
+    seen: Counter[int] = Counter()
+    with httpx.Client(base_url=m.listener("ingress"), timeout=HTTP_TIMEOUT) as c:
+        for _ in range(100):
+            seen[c.get("/").status_code] += 1
+    # The dead endpoint is tried about once (before its first failure), then avoided.
+    assert seen[200] >= 97, seen
+    assert seen[200] + seen[503] == 100, seen
 
 
 def test_least_request_prefers_the_less_loaded_endpoint(

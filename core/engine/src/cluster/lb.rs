@@ -111,6 +111,9 @@ impl WeightedRandom {
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 /// The latency assumed of an endpoint never observed: low, so that a new endpoint is tried.
 const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(1);
+/// The latency recorded for a request the endpoint failed (refused, reset): a refused connect
+/// is the fastest answer there is, and must not make a dead endpoint look like the best one.
+const EWMA_FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// The live load of one endpoint: requests in flight, and the peak-EWMA of its latency.
 /// Updated with relaxed atomics; a race between two updates loses a little precision, never
@@ -144,7 +147,7 @@ impl Load {
     #[inline]
     pub(crate) fn start(&self, observe: bool) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { load: self, started: observe.then(Instant::now) }
+        InFlight { load: self, started: observe.then(Instant::now), failed: false }
     }
 
     /// Peak-EWMA: a latency above the estimate replaces it at once (so a slowing endpoint is
@@ -191,13 +194,22 @@ fn decay(elapsed_ns: u64) -> f64 {
 pub(crate) struct InFlight<'a> {
     load: &'a Load,
     started: Option<Instant>,
+    failed: bool,
+}
+
+impl InFlight<'_> {
+    /// The endpoint failed this request (no answer from it): it counts as a very slow one.
+    pub(crate) fn failed(&mut self) {
+        self.failed = true;
+    }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(started) = self.started {
-            self.load.observe(started.elapsed());
+            let rtt = started.elapsed();
+            self.load.observe(if self.failed { rtt.max(EWMA_FAILURE_PENALTY) } else { rtt });
         }
     }
 }
@@ -285,6 +297,21 @@ pub(crate) mod tests {
         drop(a);
         drop(b);
         assert_eq!(load.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_failed_request_counts_as_a_slow_one() {
+        let load = Load::default();
+        let mut guard = load.start(true);
+        guard.failed();
+        drop(guard);
+        assert!(load.rtt_ns() >= EWMA_FAILURE_PENALTY.as_nanos() as f64 * 0.99);
+        // Unless timed (other balancers), nothing is recorded.
+        let other = Load::default();
+        let mut guard = other.start(false);
+        guard.failed();
+        drop(guard);
+        assert_eq!(other.rtt_ns(), EWMA_DEFAULT_RTT.as_nanos() as f64);
     }
 
     #[test]

@@ -41,9 +41,9 @@ pub(crate) async fn handle(
         }
     };
 
-    // --- load balancing: pick an endpoint in rotation; `_in_flight` counts the request on it
+    // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on it
     // (least_request, ewma) until the response head is back.
-    let Some((endpoint, _in_flight)) = target.cluster.pick(&req, peer) else {
+    let Some((endpoint, mut in_flight)) = target.cluster.pick(&req, peer) else {
         let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         target.counters.record(resp.status().as_u16());
         target.route_stats.duration.record(start.elapsed());
@@ -66,6 +66,10 @@ pub(crate) async fn handle(
         }
         Err(_) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
     };
+    // A local 502/503 here means the endpoint gave no answer (connect failure, reset).
+    if matches!(resp.body(), Either::Right(_)) && resp.status().is_server_error() {
+        in_flight.failed();
+    }
     target.counters.record(resp.status().as_u16());
     target.route_stats.duration.record(start.elapsed());
     Ok(resp)
