@@ -2,7 +2,15 @@
 
 from typing import Any, final
 
-__all__ = ["ApplyError", "BindError", "Core", "CoreError", "__version__", "run_bench"]
+__all__ = [
+    "ApplyError",
+    "BindError",
+    "Core",
+    "CoreError",
+    "__version__",
+    "regex_error",
+    "run_bench",
+]
 
 __version__: str
 
@@ -76,3 +84,7 @@ def run_bench(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the load generator with the GIL released; see ``pymesh.bench.run``."""
+
+def regex_error(pattern: str) -> str | None:
+    """Why the core would refuse ``pattern`` as a route regex (anchored, ``regex`` crate
+    syntax), or None if it compiles."""

@@ -9,8 +9,9 @@ and the admin API's OpenAPI document are generated from them. ``load_config`` an
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from pymesh._core import regex_error
 from pymesh.addresses import Endpoint, ListenAddress, check_endpoint, listen_key
 from pymesh.documents import DocumentError, parse_document
 from pymesh.durations import Duration
@@ -35,12 +37,21 @@ __all__ = [
     "FILE_LOC",
     "ROOT_LOC",
     "AdminConfig",
+    "Certificate",
     "Cluster",
+    "ClusterTls",
+    "DirectResponse",
     "HashOn",
+    "HeaderActions",
+    "HeaderMatch",
     "HealthCheck",
     "Listener",
+    "ListenerTls",
     "MeshConfig",
     "PoolConfig",
+    "QueryMatch",
+    "Redirect",
+    "Rewrite",
     "Route",
     "RouteMatch",
     "WeightedCluster",
@@ -70,23 +81,9 @@ Name = Annotated[str, AfterValidator(_check_name), Field(min_length=1, max_lengt
 """A name: 1-128 of ``[A-Za-z0-9_.-]``."""
 
 
-def _only(kind: str, supported: str, later: frozenset[str]) -> BeforeValidator:
-    """Refuse values other than ``supported`` with a message that tells planned from unknown."""
-
-    def check(value: object) -> object:
-        if value == supported or not isinstance(value, str):
-            return value
-        if value in later:
-            raise ValueError(f"{kind} {value!r} is not supported yet (only {supported!r})")
-        raise ValueError(f"unknown {kind} {value!r} (only {supported!r})")
-
-    return BeforeValidator(check)
-
-
-_Protocol = Annotated[
-    Literal["http"],
-    _only("protocol", "http", frozenset({"tcp", "tls-passthrough"})),
-]
+_Protocol = Literal["http", "tcp", "tls-passthrough"]
+_ClusterProtocol = Literal["http1", "http2", "auto"]
+_Alpn = Literal["h2", "http/1.1"]
 _Lb = Literal["round_robin", "random", "least_request", "ewma", "ring_hash", "maglev"]
 
 HASHING_LBS = frozenset({"ring_hash", "maglev"})
@@ -128,9 +125,213 @@ def _check_path(value: str | None) -> str | None:
 _Path = Annotated[str | None, AfterValidator(_check_path)]
 
 
-class RouteMatch(_Model):
-    """Which requests a route takes: exactly one of ``path`` and ``path_prefix``."""
+def _check_regex(value: str | None) -> str | None:
+    if value is None:
+        return None
+    problem = regex_error(value)
+    if problem is not None:
+        raise ValueError(f"{value!r}: {problem}")
+    return value
 
+
+_Regex = Annotated[
+    str | None,
+    AfterValidator(_check_regex),
+    Field(
+        description="A regular expression in the Rust `regex` crate's syntax (no look-around "
+        "or back-references), matched against the whole value: it is anchored at both ends "
+        "as if written `^(?:...)$`.",
+    ),
+]
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "transfer-encoding",
+        "content-length",
+        "te",
+        "trailer",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+    }
+)
+
+
+def _check_header_name(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
+    return value.lower()
+
+
+def _check_editable_header(value: str) -> str:
+    name = _check_header_name(value)
+    if name in _RESERVED_HEADERS:
+        raise ValueError(
+            f"{value!r} is managed by the proxy and cannot be edited"
+            + (" (use rewrite.host)" if name == "host" else "")
+        )
+    return name
+
+
+def _check_header_value(value: str | None) -> str | None:
+    if value is not None and not all(c == "\t" or " " <= c <= "~" for c in value):
+        raise ValueError(
+            f"{value!r} is not a header value (visible ASCII, spaces and tabs; no line breaks)"
+        )
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+"""A header name (an HTTP token), compared and sent in lowercase."""
+_EditableHeader = Annotated[str, AfterValidator(_check_editable_header)]
+_HeaderValue = Annotated[str, AfterValidator(_check_header_value)]
+
+
+def _check_method(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not an HTTP method")
+    if value != value.upper():
+        raise ValueError(f"{value!r}: methods are case-sensitive; write {value.upper()!r}")
+    return value
+
+
+_Method = Annotated[str, AfterValidator(_check_method)]
+
+_LABEL = re.compile(r"^[a-z0-9_-]+$")
+
+
+def _host_problem(name: str) -> str | None:
+    """Why ``name`` (lowercase, no wildcard) is not a host name or IP address, or None."""
+    if name.startswith("[") and name.endswith("]"):
+        try:
+            ipaddress.IPv6Address(name[1:-1])
+        except ValueError:
+            return "not an IPv6 address"
+        return None
+    if re.fullmatch(r".*:[0-9]*", name):
+        return "give the host without a port (the port is not matched)"
+    if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        return "not a host name or IP address"
+    return None
+
+
+def _check_host_pattern(value: str | None) -> str | None:
+    if value is None:
+        return None
+    lower = value.lower()
+    name = lower.removeprefix("*.")
+    problem = _host_problem(name)
+    if problem is not None:
+        raise ValueError(f"{value!r}: {problem}; write 'example.com' or '*.example.com'")
+    return lower
+
+
+_HostPattern = Annotated[str | None, AfterValidator(_check_host_pattern)]
+
+
+def _check_authority(value: str | None) -> str | None:
+    if value is None:
+        return None
+    host, port = value, None
+    if m := re.fullmatch(r"(.*):([0-9]{1,5})", value):
+        host, port = m.group(1), int(m.group(2))
+    problem = _host_problem(host.lower())
+    if problem is not None or (port is not None and not 1 <= port <= 65535):
+        raise ValueError(f"{value!r} is not a host or host:port")
+    return value
+
+
+_Authority = Annotated[str | None, AfterValidator(_check_authority)]
+
+
+def _check_query_name(value: str) -> str:
+    if not value or any(c in value for c in "&=#") or not value.isprintable() or " " in value:
+        raise ValueError(f"{value!r} is not a query parameter name (no '&', '=', '#' or spaces)")
+    return value
+
+
+def _check_query_value(value: str | None) -> str | None:
+    if value is not None and (any(c in value for c in "&#") or not value.isprintable()):
+        raise ValueError(f"{value!r} can never be a raw query value (no '&' or '#')")
+    return value
+
+
+class _ValueMatch(_Model):
+    @model_validator(mode="after")
+    def _exactly_one(self) -> _ValueMatch:
+        values = (
+            getattr(self, "exact", None),
+            getattr(self, "regex", None),
+            getattr(self, "present", None),
+        )
+        if sum(v is not None for v in values) != 1:
+            raise ValueError("set exactly one of 'exact', 'regex' and 'present'")
+        return self
+
+    def key(self) -> tuple[str, str, object]:
+        """What the condition tests, for comparing conditions."""
+        name = getattr(self, "name", "")
+        for kind in ("exact", "regex", "present"):
+            value = getattr(self, kind, None)
+            if value is not None:
+                return (name, kind, value)
+        return (name, "", None)  # pragma: no cover - _exactly_one forbids it
+
+
+class HeaderMatch(_ValueMatch):
+    """A condition on one request header."""
+
+    name: HeaderName = Field(description="The header's name (case-insensitive). Required.")
+    exact: Annotated[str | None, AfterValidator(_check_header_value)] = Field(
+        default=None, description="Holds if any of the header's values equals this."
+    )
+    regex: _Regex = Field(default=None)
+    present: bool | None = Field(
+        default=None,
+        description="true: holds if the header is there (any value); false: if it is not.",
+    )
+
+
+class QueryMatch(_ValueMatch):
+    """A condition on one query parameter, compared raw (not percent-decoded); the
+    parameter's first occurrence decides."""
+
+    name: Annotated[str, AfterValidator(_check_query_name)] = Field(
+        description="The parameter's name (case-sensitive). Required."
+    )
+    exact: Annotated[str | None, AfterValidator(_check_query_value)] = Field(
+        default=None, description="Holds if the parameter's value equals this."
+    )
+    regex: _Regex = Field(default=None)
+    present: bool | None = Field(
+        default=None,
+        description="true: holds if the parameter is there (`?flag` counts); false: if it is not.",
+    )
+
+
+def _mapping_to_exact(value: object) -> object:
+    """``{name: value}`` is shorthand for ``[{name: name, exact: value}]``."""
+    if isinstance(value, dict):
+        return [
+            {"name": k, "exact": str(v) if isinstance(v, int) and not isinstance(v, bool) else v}
+            for k, v in value.items()
+        ]
+    return value
+
+
+class RouteMatch(_Model):
+    """Which requests a route takes; every condition given must hold. At most one of
+    ``path``, ``path_prefix`` and ``path_regex``; none is ``path_prefix: /``."""
+
+    host: _HostPattern = Field(
+        default=None,
+        description="`example.com` (exact) or `*.example.com` (any longer name ending in "
+        "`.example.com`); compared case-insensitively with the request's host without its "
+        "port. Default: any host.",
+    )
     path: _Path = Field(
         default=None,
         description="Match requests whose path is exactly this (no query string); starts with /.",
@@ -140,12 +341,71 @@ class RouteMatch(_Model):
         description="Match requests whose path starts with this string; starts with /. "
         "`/` matches every request.",
     )
+    path_regex: _Regex = Field(default=None)
+    methods: list[_Method] = Field(
+        default_factory=list,
+        description="Request methods (case-sensitive, e.g. `GET`); any one will do. "
+        "Default: any method.",
+    )
+    headers: Annotated[list[HeaderMatch], BeforeValidator(_mapping_to_exact)] = Field(
+        default_factory=list,
+        description="Header conditions: `{name: value}` for exact values, or a list of "
+        "`{name, exact | regex | present}`. Default: none.",
+    )
+    query: Annotated[list[QueryMatch], BeforeValidator(_mapping_to_exact)] = Field(
+        default_factory=list,
+        description="Query parameter conditions, in the same two forms as `headers`. "
+        "Default: none.",
+    )
+
+    sni: str | None = Field(
+        default=None,
+        description="`tls-passthrough` listeners only: the TLS server name (exact, "
+        "`*.suffix`, or `*` for any, including none).",
+    )
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> RouteMatch:
-        if (self.path is None) == (self.path_prefix is None):
-            raise ValueError("set exactly one of 'path' and 'path_prefix'")
+    def _checks(self) -> RouteMatch:
+        if self.sni is not None:
+            others = (self.path, self.path_prefix, self.path_regex, self.host)
+            if any(o is not None for o in others) or self.methods or self.headers or self.query:
+                raise ValueError("'sni' matches alone: a TLS passthrough route sees no HTTP")
+            _check_sni(self.sni)
+        if sum(p is not None for p in (self.path, self.path_prefix, self.path_regex)) > 1:
+            raise ValueError("set at most one of 'path', 'path_prefix' and 'path_regex'")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("a method is listed twice in 'methods'")
         return self
+
+    def path_condition(self) -> tuple[str, str]:
+        """``(kind, value)`` of the path condition, ``("path_prefix", "/")`` by default."""
+        if self.path is not None:
+            return ("path", self.path)
+        if self.path_regex is not None:
+            return ("path_regex", self.path_regex)
+        return ("path_prefix", self.path_prefix if self.path_prefix is not None else "/")
+
+    def is_catch_all(self) -> bool:
+        """Whether this match takes every request."""
+        return (
+            self.path_condition() == ("path_prefix", "/")
+            and self.sni is None
+            and self.host is None
+            and not self.methods
+            and not self.headers
+            and not self.query
+        )
+
+
+_SNI_LABEL = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def _check_sni(value: str) -> None:
+    if value == "*":
+        return
+    name = value.removeprefix("*.")
+    if not name or not all(_SNI_LABEL.match(label) for label in name.split(".")):
+        raise ValueError(f"sni {value!r} is not a server name, a *.suffix wildcard, or '*'")
 
 
 class WeightedCluster(_Model):
@@ -161,8 +421,90 @@ class WeightedCluster(_Model):
     )
 
 
+class Rewrite(_Model):
+    """Changes to a forwarded request before it goes upstream."""
+
+    path_prefix: _Path = Field(
+        default=None,
+        description="Replaces the part of the path the route matched: its `path_prefix` "
+        "(or its whole `path`); the query is kept. Not with `path_regex`.",
+    )
+    host: _Authority = Field(
+        default=None, description="Sets the `Host` (authority) sent upstream: `host[:port]`."
+    )
+
+
+class HeaderActions(_Model):
+    """Header edits, applied in this order: `remove`, `set`, `add`."""
+
+    set: dict[_EditableHeader, _HeaderValue] = Field(
+        default_factory=dict, description="Replace every value of each header with this one."
+    )
+    add: dict[_EditableHeader, _HeaderValue] = Field(
+        default_factory=dict, description="Append a value, keeping the header's others."
+    )
+    remove: list[_EditableHeader] = Field(
+        default_factory=list, description="Remove every value of each header."
+    )
+
+    def is_empty(self) -> bool:
+        """Whether there is nothing to do."""
+        return not (self.set or self.add or self.remove)
+
+
+MAX_DIRECT_BODY = 64 * 1024
+"""The largest `direct_response.body`, in bytes (UTF-8)."""
+
+
+def _check_body(value: str) -> str:
+    if len(value.encode()) > MAX_DIRECT_BODY:
+        raise ValueError(f"the body is longer than {MAX_DIRECT_BODY} bytes")
+    return value
+
+
+class DirectResponse(_Model):
+    """Answer the request without an upstream."""
+
+    status: int = Field(ge=200, le=599, description="The response status (200-599). Required.")
+    body: Annotated[str, AfterValidator(_check_body)] = Field(
+        default="",
+        description="The response body, sent as `text/plain; charset=utf-8` (at most 64 KiB).",
+    )
+
+
+class Redirect(_Model):
+    """Answer with a redirect to the request's URL with some parts replaced (as Envoy's)."""
+
+    status: Literal[301, 302, 303, 307, 308] = Field(
+        default=301, description="The redirect status: 301, 302, 303, 307 or 308."
+    )
+    scheme: Literal["http", "https"] | None = Field(
+        default=None, description="Replaces the scheme. Default: the request's."
+    )
+    host: _Authority = Field(
+        default=None,
+        description="Replaces the authority (`host` or `host:port`). Default: the request's.",
+    )
+    path: _Path = Field(default=None, description="Replaces the whole path.")
+    prefix_rewrite: _Path = Field(
+        default=None,
+        description="Replaces the part of the path the route matched: its `path_prefix` "
+        "(or its whole `path`). Not with `path`, nor with a `path_regex` match.",
+    )
+    strip_query: bool = Field(
+        default=False, description="Drop the query string instead of keeping it."
+    )
+
+    @model_validator(mode="after")
+    def _one_path(self) -> Redirect:
+        if self.path is not None and self.prefix_rewrite is not None:
+            raise ValueError("set at most one of 'path' and 'prefix_rewrite'")
+        return self
+
+
 class Route(_Model):
-    """Send matching requests to one or more clusters, split by weight."""
+    """Take matching requests and do exactly one of: forward them to clusters split by
+    weight (`to`), answer them (`direct_response`), or redirect them (`redirect`)."""
 
     name: Name | None = Field(
         default=None,
@@ -172,10 +514,90 @@ class Route(_Model):
         default_factory=lambda: RouteMatch(path_prefix="/"),
         description="Which requests this route takes. Default: every request (`{path_prefix: /}`).",
     )
-    to: list[WeightedCluster] = Field(
-        min_length=1,
-        description="Destination clusters with weights. Required, at least one.",
+    to: Annotated[list[WeightedCluster], Field(min_length=1)] | None = Field(
+        default=None,
+        description="Destination clusters with weights, at least one.",
     )
+    direct_response: DirectResponse | None = Field(
+        default=None, description="Answer without an upstream."
+    )
+    redirect: Redirect | None = Field(default=None, description="Answer with a redirect.")
+    rewrite: Rewrite | None = Field(
+        default=None, description="Only with `to`: path-prefix and host rewrites."
+    )
+    request_headers: HeaderActions = Field(
+        default_factory=HeaderActions,
+        description="Only with `to`: edits of the request's headers before it goes upstream.",
+    )
+    response_headers: HeaderActions = Field(
+        default_factory=HeaderActions,
+        description="Edits of the response's headers, whoever answered (upstream, "
+        "`direct_response`, `redirect`, or the proxy's own 502/503).",
+    )
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Route:
+        actions = (self.to, self.direct_response, self.redirect)
+        if sum(a is not None for a in actions) != 1:
+            raise ValueError("set exactly one of 'to', 'direct_response' and 'redirect'")
+        return self
+
+
+def _default_alpn() -> list[_Alpn]:
+    return ["h2", "http/1.1"]
+
+
+class Certificate(_Model):
+    """A certificate chain and its private key, as PEM files."""
+
+    cert: str = Field(min_length=1, description="PEM file: the certificate chain, leaf first.")
+    key: str = Field(min_length=1, description="PEM file: the private key (PKCS#8, #1 or SEC1).")
+
+
+class ListenerTls(_Model):
+    """TLS termination: give ``cert`` and ``key``, or ``certificates`` to serve several names
+    (the first whose names cover the client's SNI is used; the first is the default)."""
+
+    cert: str | None = Field(default=None, description="PEM certificate chain (one cert).")
+    key: str | None = Field(default=None, description="PEM private key (with `cert`).")
+    certificates: list[Certificate] = Field(
+        default_factory=list, description="Several certificates, chosen by SNI."
+    )
+    alpn: list[_Alpn] = Field(
+        default_factory=_default_alpn,
+        min_length=1,
+        description="ALPN protocols offered, most preferred first. Default `[h2, http/1.1]`.",
+    )
+    min_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description='Oldest TLS version accepted: `"1.2"` or `"1.3"`.'
+    )
+    client_ca: str | None = Field(
+        default=None,
+        description="PEM file of CAs that client certificates must chain to; a presented "
+        "certificate that does not is refused. Default: client certificates are not asked for.",
+    )
+    require_client_certificate: bool = Field(
+        default=False,
+        description="With `client_ca`: refuse clients that present no certificate.",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ListenerTls:
+        single = self.cert is not None or self.key is not None
+        if single and self.certificates:
+            raise ValueError("give either 'cert' and 'key' or 'certificates', not both")
+        if single and (self.cert is None or self.key is None):
+            raise ValueError("'cert' and 'key' go together")
+        if not single and not self.certificates:
+            raise ValueError("give 'cert' and 'key', or 'certificates'")
+        if self.require_client_certificate and self.client_ca is None:
+            raise ValueError("'require_client_certificate' needs 'client_ca'")
+        return self
+
+    def all_certificates(self) -> list[Certificate]:
+        if self.cert is not None and self.key is not None:
+            return [Certificate(cert=self.cert, key=self.key)]
+        return list(self.certificates)
 
 
 class Listener(_Model):
@@ -188,12 +610,27 @@ class Listener(_Model):
     )
     protocol: _Protocol = Field(
         default="http",
-        description="Protocol spoken by clients: only `http` (HTTP/1.1) in this version.",
+        description="`http`: HTTP/1.1 and HTTP/2 on one port (h2c by prior knowledge, h2 by "
+        "ALPN with `tls`); `tcp`: raw bytes to the clusters in `to`; `tls-passthrough`: TLS "
+        "routed by the ClientHello's server name (`routes` with `match.sni`), not terminated.",
     )
     routes: list[Route] = Field(
         default_factory=list,
-        description="Routes in order; the first that matches takes the request. A request no "
-        "route matches gets 404. Default: none.",
+        description="Routes in order; the first that matches takes the request (a connection, "
+        "for `tls-passthrough`). An HTTP request no route matches gets 404. Default: none.",
+    )
+    tls: ListenerTls | None = Field(
+        default=None, description="`http` listeners: terminate TLS. Default: plaintext."
+    )
+    to: list[WeightedCluster] = Field(
+        default_factory=list,
+        description="`tcp` listeners (required there): destination clusters with weights.",
+    )
+    idle_timeout: Duration = Field(
+        default="1h",
+        validate_default=True,
+        description="`tcp` and `tls-passthrough` listeners: a connection with no bytes either "
+        "way for this long is closed.",
     )
 
 
@@ -213,6 +650,27 @@ class PoolConfig(_Model):
         default="90s",
         validate_default=True,
         description="How long an idle pooled connection is kept before it is closed.",
+    )
+
+
+class ClusterTls(_Model):
+    """TLS from the proxy to a cluster's endpoints."""
+
+    sni: str | None = Field(
+        default=None,
+        description="Server name sent and verified. Default: the endpoint's host.",
+    )
+    ca: str | None = Field(
+        default=None, description="PEM file of trusted CAs. Default: the system's roots."
+    )
+    alpn: list[_Alpn] | None = Field(
+        default=None,
+        min_length=1,
+        description="ALPN protocols offered. Default: from `protocol` (`http1`: http/1.1, "
+        "`http2`: h2, `auto`: both).",
+    )
+    client_certificate: Certificate | None = Field(
+        default=None, description="Certificate and key presented for mutual TLS."
     )
 
 
@@ -368,9 +826,43 @@ class Cluster(_Model):
         "all of them (Envoy's panic mode); 0 turns it off.",
     )
 
+    protocol: _ClusterProtocol = Field(
+        default="http1",
+        description="`http1`; `http2` (h2c by prior knowledge over plaintext, h2 over TLS); "
+        "`auto`: what TLS ALPN picks (HTTP/1.1 over plaintext). With `tls.alpn` and no "
+        "`protocol`, the protocol follows the ALPN list.",
+    )
+    tls: ClusterTls | None = Field(
+        default=None, description="Originate TLS to the endpoints. Default: plaintext."
+    )
+
+    @model_validator(mode="after")
+    def _alpn_fits_protocol(self) -> Cluster:
+        if self.tls is None or self.tls.alpn is None:
+            return self
+        implied = _protocol_for_alpn(self.tls.alpn)
+        if "protocol" in self.model_fields_set and self.protocol != implied:
+            raise ValueError(
+                f"tls.alpn {self.tls.alpn} means protocol {implied!r}, not {self.protocol!r}"
+            )
+        return self
+
+    def effective_protocol(self) -> str:
+        """The protocol, or the one ``tls.alpn`` implies when no protocol was given."""
+        explicit = "protocol" in self.model_fields_set
+        if self.tls is not None and self.tls.alpn is not None and not explicit:
+            return _protocol_for_alpn(self.tls.alpn)
+        return self.protocol
+
     def weighted_endpoints(self) -> list[WeightedEndpoint]:
         """Every endpoint with its weight."""
         return [WeightedEndpoint(address=e) if isinstance(e, str) else e for e in self.endpoints]
+
+
+def _protocol_for_alpn(alpn: Sequence[str]) -> str:
+    if set(alpn) == {"h2", "http/1.1"}:
+        return "auto"
+    return "http2" if alpn == ["h2"] else "http1"
 
 
 # === the whole config ===
@@ -464,6 +956,7 @@ def check_config(cfg: MeshConfig) -> None:
         else:
             clusters[cluster.name] = i
         _check_cluster(cluster, f"clusters.{i}", err)
+        _check_cluster_files(cluster, f"clusters.{i}", err)
 
     listener_names: dict[str, int] = {}
     addresses: dict[tuple[str, int], int] = {}
@@ -483,6 +976,10 @@ def check_config(cfg: MeshConfig) -> None:
                 )
             else:
                 addresses[key] = i
+        _check_protocol(listener, at, err)
+        for k, dest in enumerate(listener.to):
+            if dest.cluster not in clusters:
+                err(f"{at}.to.{k}.cluster", f"unknown cluster {dest.cluster!r}")
         route_names: dict[str, int] = {}
         for j, route in enumerate(listener.routes):
             name = route_name(route, j)
@@ -493,11 +990,16 @@ def check_config(cfg: MeshConfig) -> None:
                 )
             else:
                 route_names[name] = j
-            for k, dest in enumerate(route.to):
-                if dest.cluster not in clusters:
-                    err(f"{at}.routes.{j}.to.{k}.cluster", f"unknown cluster {dest.cluster!r}")
-            if sum(dest.weight for dest in route.to) == 0:
-                err(f"{at}.routes.{j}.to", "the weights sum to 0; at least one must be above 0")
+            if route.to is not None:
+                for k, dest in enumerate(route.to):
+                    if dest.cluster not in clusters:
+                        err(f"{at}.routes.{j}.to.{k}.cluster", f"unknown cluster {dest.cluster!r}")
+                if sum(dest.weight for dest in route.to) == 0:
+                    err(f"{at}.routes.{j}.to", "the weights sum to 0; at least one must be above 0")
+            for loc, msg in _route_action_problems(route):
+                err(f"{at}.routes.{j}.{loc}", msg)
+        for loc, msg in _shadowed_routes(listener.routes, f"{at}.routes"):
+            err(loc, msg)
     if errors:
         raise ConfigError(errors)
 
@@ -523,10 +1025,163 @@ def _check_cluster(cluster: Cluster, at: str, err: Callable[[str, str], None]) -
             seen[e.address] = j
 
 
+def _check_file(path: str, loc: str, err: Callable[[str, str], None]) -> None:
+    """A file the core will read when the config is applied: say so now if it cannot."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        err(loc, f"cannot read {path}: {e.strerror or e}")
+
+
+def _check_cluster_files(cluster: Cluster, at: str, err: Callable[[str, str], None]) -> None:
+    if cluster.tls is None:
+        return
+    if cluster.tls.ca is not None:
+        _check_file(cluster.tls.ca, f"{at}.tls.ca", err)
+    if cluster.tls.client_certificate is not None:
+        _check_file(cluster.tls.client_certificate.cert, f"{at}.tls.client_certificate.cert", err)
+        _check_file(cluster.tls.client_certificate.key, f"{at}.tls.client_certificate.key", err)
+
+
+def _check_protocol(listener: Listener, at: str, err: Callable[[str, str], None]) -> None:
+    """What each listener protocol takes: routes by path (http), `to` (tcp), routes by SNI
+    (tls-passthrough); TLS termination on http only."""
+    proto = listener.protocol
+    if listener.tls is not None:
+        t = listener.tls
+        if t.cert is not None and t.key is not None:
+            _check_file(t.cert, f"{at}.tls.cert", err)
+            _check_file(t.key, f"{at}.tls.key", err)
+        for n, c in enumerate(t.certificates):
+            _check_file(c.cert, f"{at}.tls.certificates.{n}.cert", err)
+            _check_file(c.key, f"{at}.tls.certificates.{n}.key", err)
+        if t.client_ca is not None:
+            _check_file(t.client_ca, f"{at}.tls.client_ca", err)
+    if proto != "tcp" and listener.to:
+        err(f"{at}.to", f"only a tcp listener takes 'to' (this one is {proto})")
+    if proto != "http" and listener.tls is not None:
+        err(f"{at}.tls", f"only an http listener terminates TLS (this one is {proto})")
+    if proto == "tcp":
+        if listener.routes:
+            err(f"{at}.routes", "a tcp listener has no routes; give 'to'")
+        if not listener.to:
+            err(f"{at}.to", "a tcp listener needs at least one cluster in 'to'")
+        elif sum(d.weight for d in listener.to) == 0:
+            err(f"{at}.to", "the weights sum to 0; at least one must be above 0")
+    for j, route in enumerate(listener.routes):
+        if proto == "tls-passthrough" and route.match.sni is None:
+            err(f"{at}.routes.{j}.match.sni", "a tls-passthrough route matches by 'sni'")
+        if proto == "tls-passthrough" and route.to is None:
+            err(f"{at}.routes.{j}.to", "a tls-passthrough route forwards: give 'to'")
+        if proto == "http" and route.match.sni is not None:
+            err(f"{at}.routes.{j}.match.sni", "only tls-passthrough routes match by 'sni'")
+
+
+def _route_action_problems(route: Route) -> list[tuple[str, str]]:
+    """Actions that do not fit the route: ``(loc under the route, msg)``."""
+    problems: list[tuple[str, str]] = []
+    if route.to is None:
+        if route.rewrite is not None:
+            problems.append(("rewrite", "applies only to forwarded requests (a route with 'to')"))
+        if not route.request_headers.is_empty():
+            problems.append(
+                ("request_headers", "applies only to forwarded requests (a route with 'to')")
+            )
+    if route.match.path_regex is not None:
+        no_prefix = "a path_regex match has no prefix to rewrite"
+        if route.rewrite is not None and route.rewrite.path_prefix is not None:
+            problems.append(("rewrite.path_prefix", no_prefix))
+        if route.redirect is not None and route.redirect.prefix_rewrite is not None:
+            problems.append(("redirect.prefix_rewrite", no_prefix))
+    return problems
+
+
+# === unreachable routes ===
+
+
+def _host_covers(earlier: str, later: str) -> bool:
+    """Whether every host ``later`` matches is matched by ``earlier`` (both lowercase)."""
+    if earlier == later:
+        return True
+    if not earlier.startswith("*."):
+        return False
+    suffix = earlier[1:]  # ".example.com"
+    return (
+        later.removeprefix("*.").endswith(suffix)
+        if later.startswith("*.")
+        else (later.endswith(suffix) and len(later) > len(suffix))
+    )
+
+
+def _conditions_imply(
+    earlier: list[HeaderMatch] | list[QueryMatch], later: list[HeaderMatch] | list[QueryMatch]
+) -> bool:
+    """Whether ``later``'s conditions imply each of ``earlier``'s."""
+    later_keys = {c.key() for c in later}
+    for cond in earlier:
+        if cond.key() in later_keys:
+            continue
+        # "present" is implied by any condition on the same name other than "absent".
+        implied = cond.present is True and any(
+            c.name == cond.name and c.present is not False for c in later
+        )
+        if not implied:
+            return False
+    return True
+
+
+def _covers(earlier: RouteMatch, later: RouteMatch) -> bool:
+    """Whether every request ``later`` matches is matched by ``earlier`` (conservatively:
+    False when unsure)."""
+    if earlier.sni is not None or later.sni is not None:
+        return earlier.sni in (later.sni, "*")
+    if earlier.host is not None and (
+        later.host is None or not _host_covers(earlier.host, later.host)
+    ):
+        return False
+    if earlier.methods and not (later.methods and set(later.methods) <= set(earlier.methods)):
+        return False
+    if not _conditions_imply(earlier.headers, later.headers):
+        return False
+    if not _conditions_imply(earlier.query, later.query):
+        return False
+    e_kind, e_value = earlier.path_condition()
+    l_kind, l_value = later.path_condition()
+    if e_kind == "path_prefix":
+        return e_value == "/" or (l_kind != "path_regex" and l_value.startswith(e_value))
+    return (e_kind, e_value) == (l_kind, l_value)
+
+
+def _shadowed_routes(routes: list[Route], at: str) -> list[tuple[str, str]]:
+    """Routes an earlier route of the same listener takes every request from:
+    ``(f"{at}.<index>.match", msg naming the earlier route's loc)``, ``at`` being the loc
+    of the listener's routes."""
+    problems: list[tuple[str, str]] = []
+    for j, later in enumerate(routes):
+        for i, earlier in enumerate(routes[:j]):
+            if _covers(earlier.match, later.match):
+                what = (
+                    "matches every request"
+                    if earlier.match.is_catch_all()
+                    else "matches every request this one does"
+                )
+                problems.append(
+                    (
+                        f"{at}.{j}.match",
+                        f"this route can never match: {at}.{i} ({route_name(earlier, i)!r}), "
+                        f"earlier in the list, {what}",
+                    )
+                )
+                break
+    return problems
+
+
 def _from_pydantic(exc: ValidationError) -> ConfigError:
     items: list[ErrorItem] = []
     for e in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(part) for part in e["loc"]) or ROOT_LOC
+        # A bad mapping key is reported at the key itself, without pydantic's "[key]" part.
+        loc = ".".join(str(part) for part in e["loc"] if part != "[key]") or ROOT_LOC
         msg = e["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)

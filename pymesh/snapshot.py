@@ -9,7 +9,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pymesh.config import Cluster, HashOn, HealthCheck, Listener, MeshConfig, route_name
+from pymesh.config import (
+    Certificate,
+    Cluster,
+    HashOn,
+    HeaderActions,
+    HeaderMatch,
+    HealthCheck,
+    Listener,
+    ListenerTls,
+    MeshConfig,
+    QueryMatch,
+    Rewrite,
+    Route,
+    RouteMatch,
+    WeightedCluster,
+    route_name,
+)
 from pymesh.durations import to_millis
 
 __all__ = ["to_snapshot", "to_snapshot_json"]
@@ -29,18 +45,92 @@ def to_snapshot_json(cfg: MeshConfig, version: int) -> str:
     return json.dumps(to_snapshot(cfg, version), separators=(",", ":"))
 
 
+def _to(dests: list[WeightedCluster]) -> list[dict[str, Any]]:
+    return [{"cluster": d.cluster, "weight": d.weight} for d in dests]
+
+
 def _listener(lst: Listener) -> dict[str, Any]:
+    passthrough = lst.protocol == "tls-passthrough"
     return {
         "name": lst.name,
         "listen": lst.listen,
-        "routes": [
-            {
-                "name": route_name(route, i),
-                "match": {"path": route.match.path, "path_prefix": route.match.path_prefix},
-                "to": [{"cluster": d.cluster, "weight": d.weight} for d in route.to],
-            }
+        "protocol": lst.protocol,
+        "routes": [] if passthrough else [_route(route, i) for i, route in enumerate(lst.routes)],
+        "tls": None if lst.tls is None else _listener_tls(lst.tls),
+        "to": _to(lst.to),
+        "sni_routes": [
+            {"name": route_name(route, i), "sni": route.match.sni, "to": _to(route.to or [])}
             for i, route in enumerate(lst.routes)
-        ],
+        ]
+        if passthrough
+        else [],
+        "idle_timeout_ms": to_millis(lst.idle_timeout),
+    }
+
+
+def _certificate(c: Certificate) -> dict[str, Any]:
+    return {"cert": c.cert, "key": c.key}
+
+
+def _listener_tls(t: ListenerTls) -> dict[str, Any]:
+    return {
+        "certificates": [_certificate(c) for c in t.all_certificates()],
+        "alpn": list(t.alpn),
+        "min_version": t.min_version,
+        "client_ca": t.client_ca,
+        "require_client_certificate": t.require_client_certificate,
+    }
+
+
+def _route(route: Route, index: int) -> dict[str, Any]:
+    rewrite = route.rewrite or Rewrite()
+    redirect = route.redirect
+    direct = route.direct_response
+    return {
+        "name": route_name(route, index),
+        "match": _match(route.match),
+        "to": [{"cluster": d.cluster, "weight": d.weight} for d in route.to or []],
+        "direct_response": None
+        if direct is None
+        else {"status": direct.status, "body": direct.body},
+        "redirect": None
+        if redirect is None
+        else {
+            "status": redirect.status,
+            "scheme": redirect.scheme,
+            "host": redirect.host,
+            "path": redirect.path,
+            "prefix_rewrite": redirect.prefix_rewrite,
+            "strip_query": redirect.strip_query,
+        },
+        "rewrite": {"path_prefix": rewrite.path_prefix, "host": rewrite.host},
+        "request_headers": _header_actions(route.request_headers),
+        "response_headers": _header_actions(route.response_headers),
+    }
+
+
+def _match(m: RouteMatch) -> dict[str, Any]:
+    kind, value = m.path_condition()
+    paths: dict[str, str | None] = {"path": None, "path_prefix": None, "path_regex": None}
+    paths[kind] = value
+    return {
+        "host": m.host,
+        **paths,
+        "methods": list(m.methods),
+        "headers": [_value_match(c) for c in m.headers],
+        "query": [_value_match(c) for c in m.query],
+    }
+
+
+def _value_match(c: HeaderMatch | QueryMatch) -> dict[str, Any]:
+    return {"name": c.name, "exact": c.exact, "regex": c.regex, "present": c.present}
+
+
+def _header_actions(h: HeaderActions) -> dict[str, Any]:
+    return {
+        "set": [{"name": n, "value": v} for n, v in h.set.items()],
+        "add": [{"name": n, "value": v} for n, v in h.add.items()],
+        "remove": list(h.remove),
     }
 
 
@@ -55,6 +145,16 @@ def _cluster(c: Cluster) -> dict[str, Any]:
         "idle_timeout_ms": to_millis(c.pool.idle_timeout),
         "health_check": _health_check(c.health_check),
         "panic_threshold_percent": c.panic_threshold_percent,
+        "protocol": c.effective_protocol(),
+        "tls": None
+        if c.tls is None
+        else {
+            "sni": c.tls.sni,
+            "ca": c.tls.ca,
+            "client_certificate": None
+            if c.tls.client_certificate is None
+            else _certificate(c.tls.client_certificate),
+        },
     }
 
 

@@ -93,8 +93,22 @@ def test_defaults() -> None:
     assert listener["protocol"] == "http"
     assert listener["routes"][0] == {
         "name": None,
-        "match": {"path": None, "path_prefix": "/"},
+        "match": {
+            "host": None,
+            "path": None,
+            "path_prefix": "/",
+            "path_regex": None,
+            "methods": [],
+            "headers": [],
+            "query": [],
+            "sni": None,
+        },
         "to": [{"cluster": "a", "weight": 1}],
+        "direct_response": None,
+        "redirect": None,
+        "rewrite": None,
+        "request_headers": {"set": {}, "add": {}, "remove": []},
+        "response_headers": {"set": {}, "add": {}, "remove": []},
     }
     assert cfg.model_dump(mode="json")["clusters"][0] == {
         "name": "a",
@@ -105,6 +119,8 @@ def test_defaults() -> None:
         "pool": {"max_idle_per_endpoint": 1024, "idle_timeout": "90s"},
         "health_check": None,
         "panic_threshold_percent": 50,
+        "protocol": "http1",
+        "tls": None,
     }
 
 
@@ -181,21 +197,22 @@ def test_names() -> None:
     assert errors_of(data).keys() == {"listeners.0.name", "clusters.0.name"}
 
 
-def test_protocol_not_supported_yet_and_unknown_lb() -> None:
+def test_unknown_lb_and_protocols() -> None:
     data = minimal()
-    data["listeners"][0]["protocol"] = "tcp"
     data["clusters"][0]["lb"] = "fastest"
-    errors = errors_of(data)
-    assert "not supported yet" in errors["listeners.0.protocol"]
-    assert "'round_robin'" in errors["clusters.0.lb"]
+    assert "'round_robin'" in errors_of(data)["clusters.0.lb"]
+    data = minimal()
     data["listeners"][0]["protocol"] = "gopher"
-    assert "unknown protocol" in errors_of(data)["listeners.0.protocol"]
+    assert "listeners.0.protocol" in errors_of(data)
+    data = minimal()
+    data["clusters"][0]["protocol"] = "spdy"
+    assert "clusters.0.protocol" in errors_of(data)
 
 
 @pytest.mark.parametrize(
     ("match", "loc"),
     [
-        ({}, "listeners.0.routes.0.match"),
+        ({"path": "/a", "path_regex": "/"}, "listeners.0.routes.0.match"),
         ({"path": "/a", "path_prefix": "/"}, "listeners.0.routes.0.match"),
         ({"path": "a"}, "listeners.0.routes.0.match.path"),
         ({"path_prefix": "api"}, "listeners.0.routes.0.match.path_prefix"),
@@ -238,7 +255,10 @@ def test_duplicate_listener_and_cluster_names() -> None:
 def test_duplicate_route_names_count_the_default_names() -> None:
     data = minimal()
     to = [{"cluster": "a"}]
-    data["listeners"][0]["routes"] = [{"to": to}, {"name": "route-0", "to": to}]
+    data["listeners"][0]["routes"] = [
+        {"match": {"path": "/a"}, "to": to},
+        {"name": "route-0", "match": {"path": "/b"}, "to": to},
+    ]
     assert errors_of(data).keys() == {"listeners.0.routes.1.name"}
 
 
@@ -374,10 +394,28 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "routes": [
                     {
                         "name": "route-0",
-                        "match": {"path": None, "path_prefix": "/api"},
+                        "match": {
+                            "host": None,
+                            "path": None,
+                            "path_prefix": "/api",
+                            "path_regex": None,
+                            "methods": [],
+                            "headers": [],
+                            "query": [],
+                        },
                         "to": [{"cluster": "v2", "weight": 10}, {"cluster": "v1", "weight": 90}],
+                        "direct_response": None,
+                        "redirect": None,
+                        "rewrite": {"path_prefix": None, "host": None},
+                        "request_headers": {"set": [], "add": [], "remove": []},
+                        "response_headers": {"set": [], "add": [], "remove": []},
                     }
                 ],
+                "protocol": "http",
+                "tls": None,
+                "to": [],
+                "sni_routes": [],
+                "idle_timeout_ms": 3600000,
             }
         ],
         "clusters": [
@@ -394,6 +432,8 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "idle_timeout_ms": 90000,
                 "health_check": None,
                 "panic_threshold_percent": 50,
+                "protocol": "http1",
+                "tls": None,
             },
             {
                 "name": "v2",
@@ -405,6 +445,8 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "idle_timeout_ms": 60000,
                 "health_check": None,
                 "panic_threshold_percent": 50,
+                "protocol": "http1",
+                "tls": None,
             },
         ],
     }
@@ -417,7 +459,8 @@ def test_snapshot_keeps_explicit_route_names_and_exact_paths() -> None:
         {"to": [{"cluster": "a"}]},
     ]
     routes = json.loads(to_snapshot_json(load_config(data), 1))["listeners"][0]["routes"]
-    assert [(r["name"], r["match"]) for r in routes] == [
-        ("exact", {"path": "/healthz", "path_prefix": None}),
-        ("route-1", {"path": None, "path_prefix": "/"}),
+    paths = ("path", "path_prefix", "path_regex")
+    assert [(r["name"], [r["match"][p] for p in paths]) for r in routes] == [
+        ("exact", ["/healthz", None, None]),
+        ("route-1", [None, "/", None]),
     ]

@@ -114,7 +114,9 @@ def test_first_match_wins(echo: Callable[..., Echo], mesh: Callable[..., Mesh]) 
             "listeners": [
                 listener(
                     "ingress",
-                    [route("c1", prefix="/"), route("c2", path="/exact")],
+                    # Both match /exact; a later route that an earlier one covers
+                    # entirely would be refused as unreachable.
+                    [route("c1", prefix="/ex"), route("c2", prefix="/")],
                 )
             ],
             "clusters": [cluster("c1", first.address), cluster("c2", second.address)],

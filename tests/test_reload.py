@@ -168,7 +168,7 @@ def bad_path(c: dict[str, Any]) -> None:
 
 
 def bad_protocol(c: dict[str, Any]) -> None:
-    c["listeners"][0]["protocol"] = "tcp"
+    c["listeners"][0]["protocol"] = "gopher"
 
 
 @pytest.mark.parametrize(

@@ -138,15 +138,31 @@ impl Cluster {
     /// `None` when no endpoint is in rotation. `peer` is the client's address.
     #[inline]
     pub(crate) fn pick<B>(&self, req: &Request<B>, peer: SocketAddr) -> Option<(&Authority, InFlight<'_>)> {
+        let hash = self.hash_on.as_ref().and_then(|h| h.hash(req, peer));
+        self.pick_with(PickContext { hash }, self.lb == LbKind::Ewma)
+    }
+
+    /// The endpoint for a new TCP connection from `peer` (listeners with `protocol: tcp` or
+    /// TLS passthrough): only `source_ip` is a key there, and the guard counts the connection
+    /// in flight without timing it (a connection's length is not a latency).
+    pub(crate) fn pick_connection(&self, peer: SocketAddr) -> Option<(&Authority, InFlight<'_>)> {
+        let hash = match self.hash_on {
+            Some(HashOn::SourceIp) => HashOn::SourceIp.hash(&Request::new(()), peer),
+            _ => None,
+        };
+        self.pick_with(PickContext { hash }, false)
+    }
+
+    #[inline]
+    fn pick_with(&self, ctx: PickContext, timed: bool) -> Option<(&Authority, InFlight<'_>)> {
         let mut rotation = self.rotation.load();
         if rotation.epoch != self.health.epoch() {
             self.rebuild();
             rotation = self.rotation.load();
         }
-        let ctx = PickContext { hash: self.hash_on.as_ref().and_then(|h| h.hash(req, peer)) };
         let member = rotation.balancer.pick(&ctx)?;
         let endpoint = &self.endpoints[rotation.members[member]];
-        Some((&endpoint.authority, endpoint.load.start(self.lb == LbKind::Ewma)))
+        Some((&endpoint.authority, endpoint.load.start(timed)))
     }
 
     /// Rebuild the rotation for a new health epoch. One request does it; the others keep

@@ -23,9 +23,67 @@ pub struct ListenerSpec {
     pub name: String,
     /// `host:port`; port 0 lets the OS choose (the bound address is reported back).
     pub listen: String,
+    pub protocol: ListenerProtocol,
+    /// HTTP routes (`protocol: http` only).
     pub routes: Vec<RouteSpec>,
+    /// TLS termination (`protocol: http` only).
+    pub tls: Option<ServerTlsSpec>,
+    /// Where raw bytes go (`protocol: tcp` only).
+    pub to: Vec<WeightedClusterSpec>,
+    /// Routes by the ClientHello's server name (`protocol: tls-passthrough` only).
+    pub sni_routes: Vec<SniRouteSpec>,
+    /// A TCP or passthrough connection with no bytes either way for this long is closed.
+    pub idle_timeout_ms: u64,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 (h2c by prior knowledge, or h2 by ALPN over TLS) on one port.
+    #[serde(rename = "http")]
+    Http,
+    #[serde(rename = "tcp")]
+    Tcp,
+    #[serde(rename = "tls-passthrough")]
+    TlsPassthrough,
+}
+
+/// TLS termination on a listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsSpec {
+    /// One or more certificates; the first whose names cover the client's SNI is used, and
+    /// the first is the default (no SNI, or no match).
+    pub certificates: Vec<CertificateSpec>,
+    /// ALPN protocols offered, in order of preference (`h2`, `http/1.1`).
+    pub alpn: Vec<String>,
+    /// Oldest TLS version accepted: `"1.2"` or `"1.3"`.
+    pub min_version: String,
+    /// PEM file of CAs that client certificates must chain to; none: no client certificates.
+    pub client_ca: Option<String>,
+    /// With `client_ca`: refuse clients that present no certificate.
+    pub require_client_certificate: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSpec {
+    /// PEM file: the certificate chain, leaf first.
+    pub cert: String,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SniRouteSpec {
+    pub name: String,
+    /// An exact server name or a `*.suffix` wildcard; `*` matches anything (and no SNI).
+    pub sni: String,
+    pub to: Vec<WeightedClusterSpec>,
+}
+
+/// One route: a match and exactly one action (`to` non-empty, `direct_response` or
+/// `redirect`); the header and rewrite actions refine it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
@@ -33,15 +91,98 @@ pub struct RouteSpec {
     pub name: String,
     #[serde(rename = "match")]
     pub matcher: MatchSpec,
+    /// Weighted clusters to forward to; empty when the route answers itself.
     pub to: Vec<WeightedClusterSpec>,
+    pub direct_response: Option<DirectResponseSpec>,
+    pub redirect: Option<RedirectSpec>,
+    /// Only with `to`: rewrites of the request sent upstream.
+    pub rewrite: RewriteSpec,
+    /// Only with `to`: edits of the request's headers before it goes upstream.
+    pub request_headers: HeaderActionsSpec,
+    /// Edits of the response's headers, whoever answered (upstream, direct, redirect).
+    pub response_headers: HeaderActionsSpec,
 }
 
-/// A path match: exactly one of `path` (exact) and `path_prefix` is set.
+/// A route's conditions; all of them must hold. Exactly one of `path`, `path_prefix` and
+/// `path_regex` is set.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MatchSpec {
+    /// `example.com` (exact) or `*.example.com` (any name ending in `.example.com`);
+    /// compared without the request's port and ignoring case. `None`: any host.
+    pub host: Option<String>,
     pub path: Option<String>,
     pub path_prefix: Option<String>,
+    /// A `regex` crate pattern that must match the whole path (it is compiled anchored).
+    pub path_regex: Option<String>,
+    /// Request methods, case-sensitive; empty: any method.
+    pub methods: Vec<String>,
+    pub headers: Vec<ValueMatchSpec>,
+    pub query: Vec<ValueMatchSpec>,
+}
+
+/// A condition on one header or query parameter: exactly one of `exact`, `regex` (anchored,
+/// whole value) and `present` (true: present with any value; false: absent) is set.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatchSpec {
+    pub name: String,
+    pub exact: Option<String>,
+    pub regex: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseSpec {
+    /// 200-599.
+    pub status: u16,
+    pub body: String,
+}
+
+/// A redirect in the manner of Envoy's: each set field replaces its part of the request's
+/// URL; `path` and `prefix_rewrite` exclude each other.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// `http` or `https`.
+    pub scheme: Option<String>,
+    /// Replaces the authority (`host` or `host:port`).
+    pub host: Option<String>,
+    /// Replaces the whole path.
+    pub path: Option<String>,
+    /// Replaces the part of the path the route's `path_prefix` (or `path`) matched.
+    pub prefix_rewrite: Option<String>,
+    /// Drop the request's query string instead of keeping it.
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteSpec {
+    /// Replaces the part of the path the route's `path_prefix` (or `path`) matched.
+    pub path_prefix: Option<String>,
+    /// Sets the `Host` (authority) sent upstream.
+    pub host: Option<String>,
+}
+
+/// Header edits, applied in this order: `remove`, then `set` (replaces every value), then
+/// `add` (appends a value).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderActionsSpec {
+    pub set: Vec<HeaderSpec>,
+    pub add: Vec<HeaderSpec>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSpec {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -68,6 +209,32 @@ pub struct ClusterSpec {
     pub health_check: Option<HealthCheckSpec>,
     /// Below this percentage of healthy endpoints, balance over all of them (0 = never).
     pub panic_threshold_percent: u32,
+    /// The protocol spoken to the endpoints.
+    pub protocol: ClusterProtocol,
+    /// TLS to the endpoints; none: plaintext.
+    pub tls: Option<ClientTlsSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterProtocol {
+    Http1,
+    /// HTTP/2; over plaintext by prior knowledge (h2c).
+    Http2,
+    /// HTTP/2 when the endpoint's TLS ALPN picks it, else HTTP/1.1 (plaintext: HTTP/1.1).
+    Auto,
+}
+
+/// TLS origination to a cluster's endpoints.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsSpec {
+    /// Server name sent and verified; none: the endpoint's host.
+    pub sni: Option<String>,
+    /// PEM file of trusted CAs; none: the system's roots.
+    pub ca: Option<String>,
+    /// Client certificate for mutual TLS.
+    pub client_certificate: Option<CertificateSpec>,
 }
 
 // === load balancing and health (balancing branch) ===

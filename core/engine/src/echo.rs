@@ -2,8 +2,15 @@
 //!
 //! `GET /` answers a small body; `?size=N` an N-byte body (streamed from one shared buffer,
 //! so any size costs no memory); `?status=S` that status; `?delay=250ms` answers after the
-//! delay; `POST`/`PUT` stream the request body back; `/healthz` is 200. Every response
-//! carries `server-id`.
+//! delay; `POST`/`PUT` stream the request body back (`?sink` instead reads it all, keeps none,
+//! and answers `received N`); `/healthz` is 200. Every response carries `server-id`. The
+//! server takes HTTP/1.1 and HTTP/2 (h2c by prior knowledge too).
+//!
+//! To show what reached it (for tests of a proxy's rewrites), every response also carries
+//! `echo-http-version` (`HTTP/1.1` or `HTTP/2`), `echo-method`, `echo-path` (the path, without the query), `echo-query` (when there is
+//! one) and `echo-host` (the `Host` header, when there is one); and `?echo_headers=a,b`
+//! adds `echo-header-a` and `echo-header-b` with the values of request headers `a` and `b`
+//! (several values joined by `, `; a header the request lacks is left out).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -12,8 +19,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// The longest `?delay=` honoured: bounded so that a typo cannot pin a connection forever.
@@ -39,6 +47,9 @@ struct Query {
     size: Option<u64>,
     status: Option<StatusCode>,
     delay: Option<Duration>,
+    sink: bool,
+    /// Request headers to report back as `echo-header-<name>` (comma-separated names).
+    echo_headers: Option<String>,
 }
 
 fn parse_query(q: &str) -> Result<Query, String> {
@@ -58,6 +69,8 @@ fn parse_query(q: &str) -> Result<Query, String> {
                 let d = parse_duration(v).ok_or_else(|| format!("delay={v} is not a duration like 250ms"))?;
                 out.delay = Some(d.min(MAX_DELAY));
             }
+            "echo_headers" => out.echo_headers = Some(v.to_owned()),
+            "sink" => out.sink = true,
             _ => {}
         }
     }
@@ -94,25 +107,77 @@ pub(crate) async fn respond(
     if req.uri().path() == "/healthz" {
         return Ok(reply(&echo, StatusCode::OK, EchoBody::Full(Some(Bytes::from_static(b"ok\n")))));
     }
+    let seen = seen_headers(&req, query.echo_headers.as_deref());
     let no_body = req.method() == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    if no_body {
-        return Ok(reply(&echo, status, EchoBody::Full(None)));
-    }
-    if req.method() == Method::POST || req.method() == Method::PUT {
+    let mut resp = if no_body {
+        reply(&echo, status, EchoBody::Full(None))
+    } else if query.sink {
+        // Read the whole request body, keep none of it, and say how much came.
+        let mut body = req.into_body();
+        let mut received: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => received += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => return Ok(reply(&echo, StatusCode::BAD_REQUEST, EchoBody::Full(None))),
+            }
+        }
+        reply(&echo, status, EchoBody::Full(Some(Bytes::from(format!("received {received}\n")))))
+    } else if req.method() == Method::POST || req.method() == Method::PUT {
         let length = req.headers().get(CONTENT_LENGTH).cloned();
         let mut resp = reply(&echo, status, EchoBody::Echo(req.into_body()));
         if let Some(len) = length {
             resp.headers_mut().insert(CONTENT_LENGTH, len);
         }
-        return Ok(resp);
-    }
-    let body = match query.size {
-        Some(n) => EchoBody::Sized { remaining: n },
-        None => EchoBody::Full(Some(echo.hello.clone())),
+        resp
+    } else {
+        let body = match query.size {
+            Some(n) => EchoBody::Sized { remaining: n },
+            None => EchoBody::Full(Some(echo.hello.clone())),
+        };
+        reply(&echo, status, body)
     };
-    Ok(reply(&echo, status, body))
+    resp.headers_mut().extend(seen);
+    Ok(resp)
+}
+
+/// The `echo-*` headers that report what the request looked like on arrival.
+fn seen_headers<B>(req: &Request<B>, echo_headers: Option<&str>) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let version = match req.version() {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    out.insert("echo-http-version", HeaderValue::from_static(version));
+    if let Ok(m) = HeaderValue::from_str(req.method().as_str()) {
+        out.insert("echo-method", m);
+    }
+    if let Ok(p) = HeaderValue::from_str(req.uri().path()) {
+        out.insert("echo-path", p);
+    }
+    if let Some(q) = req.uri().query().and_then(|q| HeaderValue::from_str(q).ok()) {
+        out.insert("echo-query", q);
+    }
+    if let Some(h) = req.headers().get(HOST) {
+        out.insert("echo-host", h.clone());
+    }
+    for name in echo_headers.unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let (Ok(asked), Ok(reported)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderName::from_bytes(format!("echo-header-{name}").as_bytes()),
+        ) else {
+            continue;
+        };
+        let values: Vec<&[u8]> = req.headers().get_all(&asked).iter().map(HeaderValue::as_bytes).collect();
+        if let Ok(v) = HeaderValue::from_bytes(&values.join(&b", "[..])) {
+            if !values.is_empty() {
+                out.insert(reported, v);
+            }
+        }
+    }
+    out
 }
 
 fn reply(echo: &Echo, status: StatusCode, body: EchoBody) -> Response<EchoBody> {
@@ -200,5 +265,24 @@ mod tests {
         assert!(parse_query("status=abc").is_err());
         assert!(parse_query("size=-1").is_err());
         assert_eq!(parse_query("").unwrap(), Query::default());
+        assert_eq!(parse_query("echo_headers=a,b").unwrap().echo_headers.as_deref(), Some("a,b"));
+    }
+
+    #[test]
+    fn seen_headers_report_the_request_as_it_arrived() {
+        let req = Request::post("/p/q?echo_headers=x-a,%20x-missing,bad%20name")
+            .header(HOST, "h.example:81")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .body(())
+            .unwrap();
+        let seen = seen_headers(&req, Some("x-a, x-missing,bad name"));
+        assert_eq!(seen["echo-method"], "POST");
+        assert_eq!(seen["echo-path"], "/p/q");
+        assert_eq!(seen["echo-query"], "echo_headers=x-a,%20x-missing,bad%20name");
+        assert_eq!(seen["echo-host"], "h.example:81");
+        assert_eq!(seen["echo-header-x-a"], "1, 2");
+        assert_eq!(seen["echo-http-version"], "HTTP/1.1");
+        assert_eq!(seen.len(), 6, "{seen:?}");
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::config::Snapshot;
 use crate::echo::{self, Echo};
 use crate::error::Error;
+use crate::http::server;
 use crate::listener::{self, Server};
 use crate::metrics::{Gauge, Metrics};
 use crate::tables::{self, HealthCache, Tables, UpstreamCache};
@@ -190,10 +191,22 @@ impl Engine {
     fn serve_proxy(&self, name: &str, slot: usize, socket: std::net::TcpListener) -> Result<Server, Error> {
         let stats = self.shared.metrics.listener(name);
         let shared = Arc::clone(&self.shared);
-        listener::serve_http1(socket, Arc::clone(&stats.active_connections), Some(stats), move |peer| {
-            let shared = Arc::clone(&shared);
-            service_fn(move |req| crate::http::proxy::handle(Arc::clone(&shared), slot, peer, req))
-        })
+        let builder = Arc::new(server::builder());
+        listener::serve(
+            socket,
+            Arc::clone(&stats.active_connections),
+            Some(stats),
+            move |stream, peer, stop| {
+                listener::proxy_connection(
+                    Arc::clone(&shared),
+                    Arc::clone(&builder),
+                    slot,
+                    stream,
+                    peer,
+                    stop,
+                )
+            },
+        )
         .map_err(|e| Error::internal(format!("cannot serve listener {name}: {e}")))
     }
 
@@ -208,9 +221,14 @@ impl Engine {
         let id = id.map_or_else(|| bound.to_string(), str::to_owned);
         let echo = Arc::new(Echo::new(&id).map_err(|m| Error::config("id", m))?);
         let _entered = self.runtime().enter();
-        let server = listener::serve_http1(socket, Arc::new(Gauge::default()), None, move |_peer| {
+        let builder = Arc::new(server::builder());
+        let server = listener::serve(socket, Arc::new(Gauge::default()), None, move |stream, _peer, stop| {
             let echo = Arc::clone(&echo);
-            service_fn(move |req| echo::respond(Arc::clone(&echo), req))
+            let builder = Arc::clone(&builder);
+            async move {
+                let service = service_fn(move |req| echo::respond(Arc::clone(&echo), req));
+                server::serve(&builder, stream, service, false, stop).await;
+            }
         })
         .map_err(|e| Error::internal(format!("cannot serve echo: {e}")))?;
         self.control().echoes.push(server);

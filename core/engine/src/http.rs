@@ -1,9 +1,11 @@
 //! HTTP: the proxy's server side (downstream), its client side (upstream pools), and the
 //! header rules they share.
 
+pub(crate) mod actions;
 pub(crate) mod client;
 pub(crate) mod headers;
 pub(crate) mod proxy;
+pub(crate) mod server;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};

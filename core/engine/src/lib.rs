@@ -20,6 +20,15 @@ mod listener;
 mod metrics;
 mod router;
 mod tables;
+mod tcp;
+mod tls;
 
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, ErrorKind};
+
+/// Check a route regex (`path_regex`, header and query `regex`) the way the core compiles
+/// it: answers the reason it is refused. Lets the Python models refuse a bad pattern with
+/// the regex crate's own message, before a snapshot is built.
+pub fn check_regex(pattern: &str) -> Result<(), String> {
+    router::compile_anchored(pattern).map(drop)
+}

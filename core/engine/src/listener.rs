@@ -1,28 +1,35 @@
-//! Sockets and accept loops: bind, accept, serve each connection with hyper's HTTP/1.1
-//! server, and stop gracefully on a signal.
+//! Sockets and accept loops: bind, accept, hand each connection to a handler, and stop on a
+//! signal. What a connection speaks (HTTP, TCP, TLS passthrough) is the handler's business.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::{Body, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::HttpService;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::metrics::{Gauge, GaugeGuard, ListenerStats};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 
-/// How long a client may take to send a request's head before the connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::engine::Shared;
+use crate::http::{proxy, server};
+use crate::metrics::{Gauge, GaugeGuard, ListenerStats};
+use crate::tables::ListenerKind;
+use crate::tcp;
+
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Queue of connections the kernel holds for the accept loop.
 const BACKLOG: i32 = 1024;
 
 /// Bind a listening TCP socket. `SO_REUSEADDR` lets a restarted proxy bind at once while old
 /// connections sit in TIME_WAIT; `SO_REUSEPORT` is left off so that a second process asking
-/// for the same address gets a clear bind error instead of silently sharing it.
+/// for the same address gets a clear bind error instead of silently sharing it (see
+/// docs/decisions.md).
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -35,6 +42,17 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Tells a connection's handler to finish: stop taking requests, complete the ones in flight.
+#[derive(Debug, Clone)]
+pub(crate) struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    /// Resolves once the stop flag is set (or its sender is gone, which also means stop).
+    pub(crate) async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
 /// A running accept loop. Dropping the handle does not stop it: call [`Server::stop`].
 #[derive(Debug)]
 pub(crate) struct Server {
@@ -44,41 +62,35 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Stop accepting (the socket closes) and ask every open connection to finish its
-    /// in-flight request and close; idle keep-alive connections close at once.
+    /// Stop accepting (the socket closes) and tell every open connection to finish its
+    /// in-flight requests and close; idle keep-alive connections close at once.
     pub(crate) fn stop(&self) {
         self.stop.send_replace(true);
     }
 }
 
-/// Serve HTTP/1.1 on `listener`; `make_service` builds each connection's service from the
-/// peer's address. Must be called within the runtime.
-pub(crate) fn serve_http1<F, S>(
+/// Accept on `listener` and run `handle(stream, peer, stop)` for each connection on its own
+/// task. Must be called within the runtime.
+pub(crate) fn serve<F, Fut>(
     listener: std::net::TcpListener,
     active: Arc<Gauge>,
     accepted: Option<Arc<ListenerStats>>,
-    make_service: F,
+    handle: F,
 ) -> std::io::Result<Server>
 where
-    F: Fn(SocketAddr) -> S + Send + 'static,
-    S: HttpService<Incoming> + Send + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: Body + Send + 'static,
-    <S::ResBody as Body>::Data: Send,
-    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Fn(TcpStream, SocketAddr, Stop) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let addr = listener.local_addr()?;
     let listener = TcpListener::from_std(listener)?;
-    let (stop, mut stopped) = watch::channel(false);
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    let (stop, stopped) = watch::channel(false);
+    let mut stopped = Stop(stopped);
     let gauge = Arc::clone(&active);
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
-                () = stop_signal(&mut stopped) => break,
+                () = stopped.wait() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
                     Err(_) => {
@@ -93,18 +105,10 @@ where
                 stats.connections_total.inc();
             }
             let open = GaugeGuard::new(Arc::clone(&gauge));
-            let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer));
-            let mut stop = stopped.clone();
+            let conn = handle(stream, peer, stopped.clone());
             tokio::spawn(async move {
                 let _open = open;
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    () = stop_signal(&mut stop) => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
+                conn.await;
             });
         }
         // The listener drops here and the port closes; connections finish on their own.
@@ -112,7 +116,41 @@ where
     Ok(Server { addr, stop, active })
 }
 
-/// Resolves once the stop flag is set (or its sender is gone, which also means stop).
-async fn stop_signal(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
+/// One connection on a proxy listener, handled as the listener's current config says: HTTP
+/// (after a TLS handshake when configured; HTTP/2 when ALPN chose it or the client sent the
+/// HTTP/2 preface), raw TCP, or TLS passthrough.
+pub(crate) async fn proxy_connection(
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    slot: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: Stop,
+) {
+    let kind = {
+        let tables = shared.tables.load();
+        match tables.listener(slot) {
+            Some(listener) => Arc::clone(&listener.kind),
+            None => return,
+        }
+    };
+    let service = {
+        let shared = Arc::clone(&shared);
+        service_fn(move |req| proxy::handle(Arc::clone(&shared), slot, peer, req))
+    };
+    match &*kind {
+        ListenerKind::Http { tls: None } => server::serve(&builder, stream, service, false, stop).await,
+        ListenerKind::Http { tls: Some(config) } => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+            let Ok(Ok(tls)) = handshake else {
+                shared.metrics.tls_handshake_failures.inc();
+                return;
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            server::serve(&builder, tls, service, h2, stop).await;
+        }
+        ListenerKind::Tcp { split, idle } => tcp::proxy(stream, split, *idle).await,
+        ListenerKind::TlsPassthrough { router, idle } => tcp::passthrough(stream, router, *idle).await,
+    }
 }

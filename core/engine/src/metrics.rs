@@ -158,6 +158,7 @@ pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     pub(crate) config_version: Gauge,
     pub(crate) config_apply_errors: Counter,
+    pub(crate) tls_handshake_failures: Counter,
 }
 
 fn entry<K: Ord, V: Default>(map: &mut BTreeMap<K, Arc<V>>, key: K) -> Arc<V> {
@@ -342,6 +343,8 @@ impl Metrics {
             );
         }
 
+        header(&mut out, "tls_handshake_failures_total", "counter", "Downstream TLS handshakes that failed.");
+        let _ = writeln!(out, "pymesh_tls_handshake_failures_total {}", self.tls_handshake_failures.get());
         header(&mut out, "config_version", "gauge", "Version of the config now serving.");
         let _ = writeln!(out, "pymesh_config_version {}", self.config_version.get());
         header(&mut out, "config_apply_errors_total", "counter", "Snapshots the core refused.");

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use crate::cluster::health::HealthGroup;
 use crate::cluster::Cluster;
-use crate::config::{MatchSpec, Snapshot};
+use crate::config::{ListenerProtocol, ListenerSpec, RouteSpec, Snapshot, WeightedClusterSpec};
 use crate::error::Error;
+use crate::http::actions::{ForwardActions, Local};
 use crate::http::client::{PoolSettings, Upstream};
 use crate::metrics::{Metrics, StatusCounters};
-use crate::router::{PathMatch, Route, Router, Target};
+use crate::router::{Route, RouteAction, RouteMatch, Router, Target, Weighted};
+use crate::tcp::{SniPattern, SniRouter, Split};
 
 /// One listener's compiled routes and metric handles.
 #[derive(Debug)]
@@ -21,6 +23,25 @@ pub(crate) struct ListenerTable {
     pub(crate) router: Router,
     /// Answers given before a route was chosen (404 no route matched).
     pub(crate) unrouted: Arc<StatusCounters>,
+    /// What the listener's connections speak, read once per connection.
+    pub(crate) kind: Arc<ListenerKind>,
+}
+
+/// How a listener's connections are handled.
+#[derive(Debug)]
+pub(crate) enum ListenerKind {
+    /// HTTP/1.1 and HTTP/2; TLS first when configured.
+    Http {
+        tls: Option<Arc<rustls::ServerConfig>>,
+    },
+    Tcp {
+        split: Split,
+        idle: Duration,
+    },
+    TlsPassthrough {
+        router: SniRouter,
+        idle: Duration,
+    },
 }
 
 /// Everything a request reads, swapped as one value.
@@ -72,10 +93,17 @@ pub(crate) fn compile(
             connect_timeout: positive_ms(spec.connect_timeout_ms, &format!("{path}.connect_timeout_ms"))?,
             max_idle_per_endpoint: spec.max_idle_per_endpoint,
             idle_timeout: positive_ms(spec.idle_timeout_ms, &format!("{path}.idle_timeout_ms"))?,
+            protocol: spec.protocol,
         };
+        let tls = match &spec.tls {
+            Some(t) => Some((crate::tls::client_config(t, &format!("{path}.tls"))?, t.sni.clone())),
+            None => None,
+        };
+        // A TLS cluster gets a new client on every apply, so that certificate files are
+        // read again (the point of re-applying); plaintext pools survive unchanged settings.
         let upstream = match old_upstreams.get(&spec.name) {
-            Some(u) if u.settings == settings => Arc::clone(u),
-            _ => Arc::new(Upstream::new(settings, metrics.cluster(&spec.name))),
+            Some(u) if u.settings == settings && tls.is_none() && !u.is_tls() => Arc::clone(u),
+            _ => Arc::new(Upstream::new(settings, tls, metrics.cluster(&spec.name))),
         };
         upstreams.insert(spec.name.clone(), Arc::clone(&upstream));
         let cluster = Cluster::compile(spec, &path, upstream, old_health.get(&spec.name), metrics)?;
@@ -104,51 +132,156 @@ pub(crate) fn compile(
                     format!("duplicate route name {:?}", r.name),
                 ));
             }
-            let matcher = compile_match(&r.matcher, &format!("{rpath}.match"))?;
-            let route_stats = metrics.route(&spec.name, &r.name);
-            let mut weighted = Vec::with_capacity(r.to.len());
-            for (k, w) in r.to.iter().enumerate() {
-                let cluster = clusters.get(&w.cluster).ok_or_else(|| {
-                    Error::config(
-                        format!("{rpath}.to.{k}.cluster"),
-                        format!("unknown cluster {:?}", w.cluster),
-                    )
-                })?;
-                let target = Target {
-                    cluster: Arc::clone(cluster),
-                    counters: metrics.target(&spec.name, &r.name, &w.cluster),
-                    route_stats: Arc::clone(&route_stats),
-                };
-                weighted.push((w.weight, Arc::new(target)));
-            }
-            if weighted.iter().map(|(w, _)| u64::from(*w)).sum::<u64>() == 0 {
-                return Err(Error::config(
-                    format!("{rpath}.to"),
-                    "a route needs a cluster with a positive weight",
-                ));
-            }
-            if weighted.iter().map(|(w, _)| u64::from(*w)).sum::<u64>() > u64::from(u32::MAX) {
-                return Err(Error::config(format!("{rpath}.to"), "the weights add up to more than 2^32-1"));
-            }
-            routes.push(Route::new(r.name.as_str().into(), matcher, weighted));
+            let route = compile_route(r, &rpath, &spec.name, &clusters, metrics)?;
+            routes.push(route);
         }
-        let table =
-            ListenerTable { router: Router::new(routes), unrouted: metrics.target(&spec.name, "", "") };
+        let kind = compile_kind(spec, &path, &clusters)?;
+        let table = ListenerTable {
+            router: Router::new(routes),
+            unrouted: metrics.target(&spec.name, "", ""),
+            kind: Arc::new(kind),
+        };
         listeners[slots[i]] = Some(table);
     }
     Ok((Tables { version: snap.version, listeners, clusters }, upstreams))
 }
 
-fn compile_match(m: &MatchSpec, path: &str) -> Result<PathMatch, Error> {
-    let (field, value, matcher): (_, _, fn(Box<str>) -> PathMatch) = match (&m.path, &m.path_prefix) {
-        (Some(p), None) => ("path", p, PathMatch::Exact),
-        (None, Some(p)) => ("path_prefix", p, PathMatch::Prefix),
-        _ => return Err(Error::config(path, "set exactly one of path and path_prefix")),
+fn compile_kind(
+    spec: &ListenerSpec,
+    path: &str,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+) -> Result<ListenerKind, Error> {
+    let only = |present: bool, field: &str, proto: &str| {
+        if present {
+            Err(Error::config(format!("{path}.{field}"), format!("only a {proto} listener takes {field}")))
+        } else {
+            Ok(())
+        }
     };
-    if !value.starts_with('/') {
-        return Err(Error::config(format!("{path}.{field}"), format!("{value:?} must start with \"/\"")));
+    let idle = || positive_ms(spec.idle_timeout_ms, &format!("{path}.idle_timeout_ms"));
+    match spec.protocol {
+        ListenerProtocol::Http => {
+            only(!spec.to.is_empty(), "to", "tcp")?;
+            only(!spec.sni_routes.is_empty(), "sni_routes", "tls-passthrough")?;
+            let tls = match &spec.tls {
+                Some(t) => Some(crate::tls::server_config(t, &format!("{path}.tls"))?),
+                None => None,
+            };
+            Ok(ListenerKind::Http { tls })
+        }
+        ListenerProtocol::Tcp => {
+            only(!spec.routes.is_empty(), "routes", "http")?;
+            only(spec.tls.is_some(), "tls", "http")?;
+            only(!spec.sni_routes.is_empty(), "sni_routes", "tls-passthrough")?;
+            Ok(ListenerKind::Tcp { split: split(&spec.to, &format!("{path}.to"), clusters)?, idle: idle()? })
+        }
+        ListenerProtocol::TlsPassthrough => {
+            only(!spec.routes.is_empty(), "routes", "http")?;
+            only(spec.tls.is_some(), "tls", "http")?;
+            only(!spec.to.is_empty(), "to", "tcp")?;
+            let mut routes = Vec::with_capacity(spec.sni_routes.len());
+            for (j, r) in spec.sni_routes.iter().enumerate() {
+                let rpath = format!("{path}.sni_routes.{j}");
+                let pattern =
+                    SniPattern::parse(&r.sni).map_err(|m| Error::config(format!("{rpath}.sni"), m))?;
+                routes.push((pattern, split(&r.to, &format!("{rpath}.to"), clusters)?));
+            }
+            Ok(ListenerKind::TlsPassthrough { router: SniRouter { routes: routes.into() }, idle: idle()? })
+        }
     }
-    Ok(matcher(value.as_str().into()))
+}
+
+fn split(
+    to: &[WeightedClusterSpec],
+    path: &str,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+) -> Result<Split, Error> {
+    let mut weighted = Vec::with_capacity(to.len());
+    for (k, w) in to.iter().enumerate() {
+        let cluster = clusters.get(&w.cluster).ok_or_else(|| {
+            Error::config(format!("{path}.{k}.cluster"), format!("unknown cluster {:?}", w.cluster))
+        })?;
+        weighted.push((w.weight, Arc::clone(cluster)));
+    }
+    if weighted.iter().map(|(w, _)| u64::from(*w)).sum::<u64>() == 0 {
+        return Err(Error::config(path, "give a cluster with a positive weight"));
+    }
+    Ok(Split::new(weighted))
+}
+
+// === routes ===
+
+/// Compile one route: its match, and exactly one of its three actions.
+fn compile_route(
+    r: &RouteSpec,
+    rpath: &str,
+    listener: &str,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+    metrics: &Metrics,
+) -> Result<Route, Error> {
+    let matcher = RouteMatch::compile(&r.matcher, &format!("{rpath}.match"))?;
+    let route_stats = metrics.route(listener, &r.name);
+    let forwards = !r.to.is_empty();
+    if usize::from(forwards) + usize::from(r.direct_response.is_some()) + usize::from(r.redirect.is_some())
+        != 1
+    {
+        return Err(Error::config(rpath, "set exactly one of to (non-empty), direct_response and redirect"));
+    }
+    if !forwards {
+        let unused = [
+            ("rewrite", r.rewrite.path_prefix.is_some() || r.rewrite.host.is_some()),
+            (
+                "request_headers",
+                !r.request_headers.set.is_empty()
+                    || !r.request_headers.add.is_empty()
+                    || !r.request_headers.remove.is_empty(),
+            ),
+        ];
+        if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
+            return Err(Error::config(
+                format!("{rpath}.{field}"),
+                "applies only to forwarded requests (a route with to)",
+            ));
+        }
+        // Local answers count under the route with an empty cluster label.
+        let counters = metrics.target(listener, &r.name, "");
+        let local = match (&r.direct_response, &r.redirect) {
+            (Some(d), _) => Local::direct(d, &r.response_headers, rpath, counters, route_stats)?,
+            (_, Some(rd)) => {
+                Local::redirect(rd, &r.response_headers, &matcher.path, rpath, counters, route_stats)?
+            }
+            (None, None) => unreachable!("checked above"),
+        };
+        return Ok(Route::new(r.name.as_str().into(), matcher, RouteAction::Local(local)));
+    }
+    let actions = Arc::new(ForwardActions::compile(
+        &r.rewrite,
+        &r.request_headers,
+        &r.response_headers,
+        &matcher.path,
+        rpath,
+    )?);
+    let mut weighted = Vec::with_capacity(r.to.len());
+    for (k, w) in r.to.iter().enumerate() {
+        let cluster = clusters.get(&w.cluster).ok_or_else(|| {
+            Error::config(format!("{rpath}.to.{k}.cluster"), format!("unknown cluster {:?}", w.cluster))
+        })?;
+        let target = Target {
+            cluster: Arc::clone(cluster),
+            counters: metrics.target(listener, &r.name, &w.cluster),
+            route_stats: Arc::clone(&route_stats),
+            actions: Arc::clone(&actions),
+        };
+        weighted.push((w.weight, Arc::new(target)));
+    }
+    let total: u64 = weighted.iter().map(|(w, _)| u64::from(*w)).sum();
+    if total == 0 {
+        return Err(Error::config(format!("{rpath}.to"), "a route needs a cluster with a positive weight"));
+    }
+    if total > u64::from(u32::MAX) {
+        return Err(Error::config(format!("{rpath}.to"), "the weights add up to more than 2^32-1"));
+    }
+    Ok(Route::new(r.name.as_str().into(), matcher, RouteAction::Forward(Weighted::new(weighted))))
 }
 
 fn check_name(name: &str, path: &str) -> Result<(), Error> {

@@ -137,6 +137,12 @@ fn run_bench<'py>(
     result_dict(py, &result)
 }
 
+/// Answer why the core would refuse a route regex, or None if it compiles.
+#[pyfunction]
+fn regex_error(pattern: &str) -> Option<String> {
+    pymesh_engine::check_regex(pattern).err()
+}
+
 fn result_dict<'py>(py: Python<'py>, r: &BenchResult) -> PyResult<Bound<'py, PyDict>> {
     let errors = PyDict::new(py);
     errors.set_item("connect", r.errors.connect)?;
@@ -172,6 +178,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyCore>()?;
     m.add_function(wrap_pyfunction!(run_bench, m)?)?;
+    m.add_function(wrap_pyfunction!(regex_error, m)?)?;
     m.add("CoreError", py.get_type::<CoreError>())?;
     m.add("ApplyError", py.get_type::<ApplyError>())?;
     m.add("BindError", py.get_type::<BindError>())?;

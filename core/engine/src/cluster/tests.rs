@@ -31,6 +31,8 @@ fn spec(lb: LbKind, hash_on: Option<HashOnSpec>, endpoints: &[(&str, u32)], pani
         idle_timeout_ms: 1000,
         health_check: None,
         panic_threshold_percent: panic,
+        protocol: crate::config::ClusterProtocol::Http1,
+        tls: None,
     }
 }
 
@@ -39,8 +41,9 @@ fn compile(spec: &ClusterSpec) -> Cluster {
         connect_timeout: Duration::from_secs(1),
         max_idle_per_endpoint: 1,
         idle_timeout: Duration::from_secs(1),
+        protocol: crate::config::ClusterProtocol::Http1,
     };
-    let upstream = Arc::new(Upstream::new(settings, Arc::default()));
+    let upstream = Arc::new(Upstream::new(settings, None, Arc::default()));
     Cluster::compile(spec, "clusters.0", upstream, None, &Metrics::default()).unwrap()
 }
 
@@ -164,4 +167,19 @@ fn in_flight_requests_steer_least_request() {
         assert_ne!(picked(&c, &request(&[]), "127.0.0.1"), first);
     }
     drop(guard);
+}
+
+#[test]
+fn tcp_connections_hash_on_source_ip_only() {
+    let by_ip = compile(&spec(LbKind::RingHash, hash_on(None, None, true), &THREE, 50));
+    for i in 0..20 {
+        let ip = format!("10.0.0.{i}");
+        let conn = by_ip.pick_connection(peer(&ip)).unwrap().0.to_string();
+        assert_eq!(conn, picked(&by_ip, &request(&[]), &ip));
+    }
+    // A header key means nothing to a TCP connection: random over all.
+    let by_header = compile(&spec(LbKind::Maglev, hash_on(Some("x-user"), None, false), &THREE, 50));
+    let seen: std::collections::HashSet<_> =
+        (0..100).map(|_| by_header.pick_connection(peer("10.0.0.1")).unwrap().0.to_string()).collect();
+    assert_eq!(seen.len(), 3);
 }

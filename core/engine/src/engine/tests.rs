@@ -78,14 +78,14 @@ fn cluster(name: &str, endpoints: &[SocketAddr]) -> String {
     format!(
         r#"{{"name": "{name}", "endpoints": [{}], "lb": "round_robin", "connect_timeout_ms": 500,
             "max_idle_per_endpoint": 16, "idle_timeout_ms": 30000, "hash_on": null,
-            "health_check": null, "panic_threshold_percent": 50}}"#,
+            "health_check": null, "panic_threshold_percent": 50, "protocol": "http1", "tls": null}}"#,
         eps.join(",")
     )
 }
 
 fn snapshot(version: u64, listen: &str, routes: &str, clusters: &[String]) -> String {
     format!(
-        r#"{{"version": {version}, "listeners": [{{"name": "in", "listen": "{listen}", "routes": [{routes}]}}],
+        r#"{{"version": {version}, "listeners": [{{"name": "in", "listen": "{listen}", "routes": [{routes}], "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}],
             "clusters": [{}]}}"#,
         clusters.join(",")
     )
@@ -94,7 +94,11 @@ fn snapshot(version: u64, listen: &str, routes: &str, clusters: &[String]) -> St
 fn route(name: &str, prefix: &str, to: &[(&str, u32)]) -> String {
     let to: Vec<String> = to.iter().map(|(c, w)| format!(r#"{{"cluster": "{c}", "weight": {w}}}"#)).collect();
     format!(
-        r#"{{"name": "{name}", "match": {{"path": null, "path_prefix": "{prefix}"}}, "to": [{}]}}"#,
+        r#"{{"name": "{name}", "match": {{"host": null, "path": null, "path_prefix": "{prefix}",
+            "path_regex": null, "methods": [], "headers": [], "query": []}}, "to": [{}],
+            "direct_response": null, "redirect": null, "rewrite": {{"path_prefix": null, "host": null}},
+            "request_headers": {{"set": [], "add": [], "remove": []}},
+            "response_headers": {{"set": [], "add": [], "remove": []}}}}"#,
         to.join(",")
     )
 }
@@ -166,8 +170,8 @@ fn a_refused_snapshot_changes_nothing() {
     assert_eq!(err.path, "listeners.0.routes.0.to.0.cluster");
     // Taken: the port our own listener holds, under a new listener name.
     let clash = format!(
-        r#"{{"version": 2, "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "routes": []}},
-             {{"name": "other", "listen": "{addr}", "routes": []}}], "clusters": []}}"#
+        r#"{{"version": 2, "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "routes": [], "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000}},
+             {{"name": "other", "listen": "{addr}", "routes": [], "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}], "clusters": []}}"#
     );
     let err = e.apply_json(&clash).unwrap_err();
     assert_eq!((err.kind, err.path.as_str()), (crate::ErrorKind::Bind, "listeners.1.listen"));

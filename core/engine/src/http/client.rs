@@ -12,60 +12,124 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
 use tower_service::Service;
 
+use crate::config::ClusterProtocol;
 use crate::metrics::{ClusterStats, GaugeGuard};
 
-/// The pool settings of a cluster; a cluster whose settings are unchanged across applies
-/// keeps its client and so its warm connections.
+/// The pool settings of a cluster; a plaintext cluster whose settings are unchanged across
+/// applies keeps its client and so its warm connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PoolSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_idle_per_endpoint: usize,
     pub(crate) idle_timeout: Duration,
+    pub(crate) protocol: ClusterProtocol,
 }
 
-pub(crate) type UpstreamClient = Client<CountingConnector, Incoming>;
+/// A pooled client over plaintext or TLS; two concrete types rather than one boxed
+/// connector, so the plaintext path pays nothing for TLS.
+#[derive(Debug)]
+enum Pool {
+    Plain(Client<CountingConnector<HttpConnector>, Incoming>),
+    Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, Incoming>),
+}
 
 /// A cluster's pooled client and its statistics.
 #[derive(Debug)]
 pub(crate) struct Upstream {
-    pub(crate) client: UpstreamClient,
+    pool: Pool,
     pub(crate) stats: Arc<ClusterStats>,
     pub(crate) settings: PoolSettings,
+    /// Endpoints are addressed as `https://` when the cluster originates TLS.
+    pub(crate) scheme: http::uri::Scheme,
 }
 
 impl Upstream {
-    pub(crate) fn new(settings: PoolSettings, stats: Arc<ClusterStats>) -> Self {
+    /// `tls`: the client config for TLS origination, and the server name to send (none: the
+    /// endpoint's host).
+    pub(crate) fn new(
+        settings: PoolSettings,
+        tls: Option<(rustls::ClientConfig, Option<String>)>,
+        stats: Arc<ClusterStats>,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(settings.connect_timeout));
-        let connector = CountingConnector { inner: http, stats: Arc::clone(&stats) };
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_max_idle_per_host(settings.max_idle_per_endpoint)
-            .pool_idle_timeout(settings.idle_timeout)
-            .build(connector);
-        Self { client, stats, settings }
+            .pool_idle_timeout(settings.idle_timeout);
+        let (pool, scheme) = match tls {
+            None => {
+                builder.http2_only(settings.protocol == ClusterProtocol::Http2);
+                (
+                    Pool::Plain(builder.build(CountingConnector { inner: http, stats: Arc::clone(&stats) })),
+                    http::uri::Scheme::HTTP,
+                )
+            }
+            Some((config, sni)) => {
+                http.enforce_http(false);
+                let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only();
+                let b = match sni.and_then(|n| ServerName::try_from(n).ok()) {
+                    Some(name) => b.with_server_name_resolver(FixedServerNameResolver::new(name)),
+                    None => b,
+                };
+                // ALPN follows the protocol: http1 offers http/1.1, http2 offers h2, auto
+                // offers both and speaks what the endpoint picks.
+                let https = match settings.protocol {
+                    ClusterProtocol::Http1 => b.enable_http1().wrap_connector(http),
+                    ClusterProtocol::Http2 => b.enable_http2().wrap_connector(http),
+                    ClusterProtocol::Auto => b.enable_all_versions().wrap_connector(http),
+                };
+                builder.http2_only(settings.protocol == ClusterProtocol::Http2);
+                (
+                    Pool::Tls(builder.build(CountingConnector { inner: https, stats: Arc::clone(&stats) })),
+                    http::uri::Scheme::HTTPS,
+                )
+            }
+        };
+        Self { pool, stats, settings, scheme }
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self.pool, Pool::Tls(_))
+    }
+
+    #[inline]
+    pub(crate) fn request(&self, req: http::Request<Incoming>) -> ResponseFuture {
+        match &self.pool {
+            Pool::Plain(c) => c.request(req),
+            Pool::Tls(c) => c.request(req),
+        }
     }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// hyper-util's HTTP connector, plus a count of open connections and of failed connects.
+/// A connector (hyper-util's HTTP one, or hyper-rustls' over it), plus a count of open
+/// connections and of failed connects.
 #[derive(Debug, Clone)]
-pub(crate) struct CountingConnector {
-    inner: HttpConnector,
+pub(crate) struct CountingConnector<C> {
+    inner: C,
     stats: Arc<ClusterStats>,
 }
 
-impl Service<http::Uri> for CountingConnector {
-    type Response = Counted<TokioIo<TcpStream>>;
+impl<C> Service<http::Uri> for CountingConnector<C>
+where
+    C: Service<http::Uri> + Send,
+    C::Response: Read + Write + Connection + Unpin + Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = Counted<C::Response>;
     type Error = BoxError;
     // Boxed once per new upstream connection, never per request.
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;

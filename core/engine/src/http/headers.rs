@@ -4,9 +4,8 @@ use http::header::{self, HeaderMap, HeaderName};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never
 /// forwarded. `Connection` may name more, which go too.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
-    header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
@@ -29,6 +28,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+    // `TE: trailers` is the one TE that HTTP/2 allows, and gRPC needs it end to end.
+    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+        headers.remove(header::TE);
+    }
     headers.remove("proxy-connection");
 }
 
@@ -47,10 +50,19 @@ mod tests {
         h.insert("proxy-connection", HeaderValue::from_static("close"));
         h.insert(header::HOST, HeaderValue::from_static("example"));
         h.insert("x-keep", HeaderValue::from_static("yes"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left.len(), 2, "{left:?}");
         assert!(h.contains_key(header::HOST));
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn te_trailers_is_kept_for_grpc() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
     }
 }

@@ -1,20 +1,51 @@
 use super::*;
 use crate::config::Snapshot;
+use serde_json::{json, Value};
+
+/// A route in its full snapshot form: `fields` override the defaults (a catch-all to `a`).
+fn route(name: &str, fields: Value) -> String {
+    let mut r = json!({
+        "name": name,
+        "match": {"host": null, "path": null, "path_prefix": "/", "path_regex": null,
+                  "methods": [], "headers": [], "query": []},
+        "to": [{"cluster": "a", "weight": 1}],
+        "direct_response": null,
+        "redirect": null,
+        "rewrite": {"path_prefix": null, "host": null},
+        "request_headers": {"set": [], "add": [], "remove": []},
+        "response_headers": {"set": [], "add": [], "remove": []},
+    });
+    for (k, v) in fields.as_object().unwrap() {
+        if k == "match" {
+            for (mk, mv) in v.as_object().unwrap() {
+                r["match"][mk] = mv.clone();
+            }
+        } else {
+            r[k] = v.clone();
+        }
+    }
+    r.to_string()
+}
 
 fn snapshot(extra_route: &str, clusters: &str) -> Snapshot {
+    let r0 = route("r0", json!({}));
     let text = format!(
         r#"{{"version": 4,
-            "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "routes": [
-                {{"name": "r0", "match": {{"path": null, "path_prefix": "/"}},
-                  "to": [{{"cluster": "a", "weight": 1}}]}}{extra_route}]}}],
+            "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "routes": [{r0}{extra_route}],
+                "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}],
             "clusters": [{clusters}]}}"#
     );
     Snapshot::from_json(&text).unwrap()
 }
 
+/// The snapshot with a second route made of `fields`.
+fn with_route(fields: Value) -> Snapshot {
+    snapshot(&format!(", {}", route("r1", fields)), CLUSTER_A)
+}
+
 const CLUSTER_A: &str = r#"{"name": "a", "endpoints": ["127.0.0.1:9"], "lb": "round_robin",
     "connect_timeout_ms": 100, "max_idle_per_endpoint": 4, "idle_timeout_ms": 1000,
-    "hash_on": null, "health_check": null, "panic_threshold_percent": 50}"#;
+    "hash_on": null, "health_check": null, "panic_threshold_percent": 50, "protocol": "http1", "tls": null}"#;
 
 fn compile_err(snap: &Snapshot) -> Error {
     compile(snap, &[0], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new()).unwrap_err()
@@ -28,49 +59,73 @@ fn a_valid_snapshot_compiles_into_the_listener_slot() {
     assert_eq!(tables.version, 4);
     assert!(tables.listener(3).is_some());
     assert!(tables.listener(0).is_none());
-    assert!(tables.listener(3).unwrap().router.find("/x").is_some());
+    let req = http::Request::get("/x").body(()).unwrap();
+    assert!(tables.listener(3).unwrap().router.find(&req).is_some());
     assert_eq!(upstreams.len(), 1);
 }
 
 #[test]
 fn unknown_cluster_is_refused_with_its_path() {
-    let snap = snapshot(
-        r#", {"name": "r1", "match": {"path": "/x", "path_prefix": null}, "to": [{"cluster": "nope", "weight": 1}]}"#,
-        CLUSTER_A,
-    );
-    let err = compile_err(&snap);
+    let err = compile_err(&with_route(json!({"to": [{"cluster": "nope", "weight": 1}]})));
     assert_eq!(err.path, "listeners.0.routes.1.to.0.cluster");
     assert!(err.message.contains("nope"), "{err}");
 }
 
 #[test]
 fn match_needs_exactly_one_kind_and_a_leading_slash() {
-    let both = snapshot(
-        r#", {"name": "r1", "match": {"path": "/x", "path_prefix": "/y"}, "to": [{"cluster": "a", "weight": 1}]}"#,
-        CLUSTER_A,
-    );
+    let both = with_route(json!({"match": {"path": "/x", "path_prefix": "/y"}}));
     assert_eq!(compile_err(&both).path, "listeners.0.routes.1.match");
-    let relative = snapshot(
-        r#", {"name": "r1", "match": {"path": "x", "path_prefix": null}, "to": [{"cluster": "a", "weight": 1}]}"#,
-        CLUSTER_A,
-    );
+    let relative = with_route(json!({"match": {"path": "x", "path_prefix": null}}));
     assert_eq!(compile_err(&relative).path, "listeners.0.routes.1.match.path");
+    let regex = with_route(json!({"match": {"path_regex": "(", "path_prefix": null}}));
+    assert_eq!(compile_err(&regex).path, "listeners.0.routes.1.match.path_regex");
 }
 
 #[test]
 fn zero_total_weight_and_duplicate_names_are_refused() {
-    let zero = snapshot(
-        r#", {"name": "r1", "match": {"path": "/x", "path_prefix": null}, "to": [{"cluster": "a", "weight": 0}]}"#,
-        CLUSTER_A,
-    );
+    let zero = with_route(json!({"to": [{"cluster": "a", "weight": 0}]}));
     assert_eq!(compile_err(&zero).path, "listeners.0.routes.1.to");
-    let dup_route = snapshot(
-        r#", {"name": "r0", "match": {"path": "/x", "path_prefix": null}, "to": [{"cluster": "a", "weight": 1}]}"#,
-        CLUSTER_A,
-    );
+    let dup_route = snapshot(&format!(", {}", route("r0", json!({}))), CLUSTER_A);
     assert_eq!(compile_err(&dup_route).path, "listeners.0.routes.1.name");
     let dup_cluster = snapshot("", &format!("{CLUSTER_A}, {CLUSTER_A}"));
     assert_eq!(compile_err(&dup_cluster).path, "clusters.1.name");
+}
+
+#[test]
+fn a_route_has_exactly_one_action() {
+    let direct = json!({"status": 200, "body": "ok"});
+    let redirect = json!({"status": 301, "scheme": null, "host": null, "path": "/n",
+                          "prefix_rewrite": null, "strip_query": false});
+    let cases = [
+        json!({"to": []}),
+        json!({"direct_response": direct.clone()}),
+        json!({"to": [], "direct_response": direct.clone(), "redirect": redirect.clone()}),
+    ];
+    for fields in cases {
+        assert_eq!(compile_err(&with_route(fields.clone())).path, "listeners.0.routes.1", "{fields}");
+    }
+    let ok = with_route(json!({"to": [], "redirect": redirect}));
+    assert!(compile(&ok, &[0], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new()).is_ok());
+    let rewrite = with_route(json!({"to": [], "direct_response": direct.clone(),
+                                    "rewrite": {"path_prefix": "/x", "host": null}}));
+    assert_eq!(compile_err(&rewrite).path, "listeners.0.routes.1.rewrite");
+    let req_headers = with_route(json!({"to": [], "direct_response": direct,
+                                        "request_headers": {"set": [], "add": [], "remove": ["x-a"]}}));
+    assert_eq!(compile_err(&req_headers).path, "listeners.0.routes.1.request_headers");
+}
+
+#[test]
+fn action_errors_carry_the_route_path() {
+    let status = with_route(json!({"to": [], "direct_response": {"status": 42, "body": ""}}));
+    assert_eq!(compile_err(&status).path, "listeners.0.routes.1.direct_response.status");
+    let value = with_route(json!({"response_headers": {"set": [{"name": "x-a", "value": "a\u{1}"}],
+                                                       "add": [], "remove": []}}));
+    assert_eq!(compile_err(&value).path, "listeners.0.routes.1.response_headers.set.0.value");
+    let host = with_route(json!({"match": {"host": "a.com:80"}}));
+    assert_eq!(compile_err(&host).path, "listeners.0.routes.1.match.host");
+    let header = with_route(json!({"match": {"headers": [{"name": "x", "exact": null, "regex": "[",
+                                                           "present": null}]}}));
+    assert_eq!(compile_err(&header).path, "listeners.0.routes.1.match.headers.0.regex");
 }
 
 #[test]
@@ -112,7 +167,7 @@ const CHECKED: &str = r#"{"name": "a", "endpoints": [{"address": "127.0.0.1:9", 
     "connect_timeout_ms": 100, "max_idle_per_endpoint": 4, "idle_timeout_ms": 1000,
     "health_check": {"tcp": true, "path": null, "expected_statuses": [], "interval_ms": 1000,
                      "timeout_ms": 100, "healthy_threshold": 2, "unhealthy_threshold": 3},
-    "panic_threshold_percent": 50}"#;
+    "panic_threshold_percent": 50, "protocol": "http1", "tls": null}"#;
 
 #[test]
 fn unchanged_health_checks_and_endpoints_keep_the_health_group() {

@@ -1,0 +1,231 @@
+//! Layer 4: raw TCP proxying to a cluster, and TLS passthrough routed by the ClientHello's
+//! server name (the TLS session is end to end; the proxy never decrypts it).
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cluster::Cluster;
+use crate::metrics::GaugeGuard;
+
+/// Clusters by weight, for a TCP listener or an SNI route.
+#[derive(Debug)]
+pub(crate) struct Split {
+    /// `(cumulative weight, cluster)`; zero weights left out.
+    clusters: Box<[(u32, Arc<Cluster>)]>,
+    total: u32,
+}
+
+impl Split {
+    pub(crate) fn new(weighted: Vec<(u32, Arc<Cluster>)>) -> Self {
+        let mut total = 0u32;
+        let clusters = weighted
+            .into_iter()
+            .filter(|(w, _)| *w > 0)
+            .map(|(w, c)| {
+                total = total.saturating_add(w);
+                (total, c)
+            })
+            .collect();
+        Self { clusters, total }
+    }
+
+    pub(crate) fn pick(&self) -> Option<&Arc<Cluster>> {
+        if self.total == 0 {
+            return None;
+        }
+        let at = fastrand::u32(0..self.total);
+        let idx = self.clusters.partition_point(|(c, _)| *c <= at);
+        self.clusters.get(idx).map(|(_, c)| c)
+    }
+}
+
+/// A server-name pattern of a passthrough route: exact, `*.suffix`, or `*` (anything).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SniPattern {
+    Exact(Box<str>),
+    /// Holds the `.suffix` part: `*.example.com` matches `a.example.com`, not `example.com`.
+    Suffix(Box<str>),
+    Any,
+}
+
+impl SniPattern {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.to_ascii_lowercase();
+        if lower == "*" {
+            return Ok(Self::Any);
+        }
+        let name = lower.strip_prefix("*.").unwrap_or(&lower);
+        let valid = !name.is_empty()
+            && name
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if !valid {
+            return Err(format!("{text:?} is not a server name, a *.suffix wildcard, or *"));
+        }
+        Ok(match lower.strip_prefix('*') {
+            Some(suffix) => Self::Suffix(suffix.into()),
+            None => Self::Exact(lower.into()),
+        })
+    }
+
+    fn matches(&self, sni: Option<&str>) -> bool {
+        match (self, sni) {
+            (Self::Any, _) => true,
+            (Self::Exact(n), Some(s)) => s.eq_ignore_ascii_case(n),
+            (Self::Suffix(suffix), Some(s)) => {
+                s.len() > suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+            (_, None) => false,
+        }
+    }
+}
+
+/// The passthrough routes of a listener, first match wins.
+#[derive(Debug)]
+pub(crate) struct SniRouter {
+    pub(crate) routes: Box<[(SniPattern, Split)]>,
+}
+
+impl SniRouter {
+    fn find(&self, sni: Option<&str>) -> Option<&Split> {
+        self.routes.iter().find(|(p, _)| p.matches(sni)).map(|(_, s)| s)
+    }
+}
+
+/// How long to wait for a whole ClientHello before giving up on a passthrough connection.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest ClientHello accepted: one full TLS record.
+const MAX_HELLO: usize = 16 * 1024 + 5;
+
+/// Proxy `down` to an endpoint of a cluster chosen from `split`.
+pub(crate) async fn proxy(down: TcpStream, split: &Split, idle: Duration) {
+    let Some(cluster) = split.pick() else { return };
+    let _ = relay(down, cluster, idle).await;
+}
+
+/// Read the ClientHello without consuming it, route by its server name, and relay the
+/// untouched bytes both ways.
+pub(crate) async fn passthrough(down: TcpStream, router: &SniRouter, idle: Duration) {
+    let Ok(Ok(sni)) = tokio::time::timeout(HELLO_TIMEOUT, peek_sni(&down)).await else {
+        return; // not TLS, too slow, or too large: close
+    };
+    let Some(cluster) = router.find(sni.as_deref()).and_then(Split::pick) else { return };
+    let _ = relay(down, cluster, idle).await;
+}
+
+/// The server name of the ClientHello at the head of `stream` (None: no SNI extension).
+///
+/// rustls' `Acceptor` does the parsing; it is fed a copy of the peeked bytes, so nothing is
+/// taken off the socket and the upstream receives the hello exactly as the client sent it.
+async fn peek_sni(stream: &TcpStream) -> io::Result<Option<String>> {
+    let mut buf = vec![0u8; MAX_HELLO];
+    let mut seen = 0;
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut acceptor = rustls::server::Acceptor::default();
+        acceptor.read_tls(&mut &buf[..n])?;
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Ok(accepted.client_hello().server_name().map(str::to_owned)),
+            Ok(None) if n < MAX_HELLO => {
+                if n == seen {
+                    // peek answers at once while the same bytes wait: let more arrive.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                seen = n;
+            }
+            _ => return Err(io::ErrorKind::InvalidData.into()),
+        }
+    }
+}
+
+/// Connect to an endpoint of `cluster` and copy bytes both ways until both sides are done
+/// (each direction's end is passed on as a half-close) or nothing moved for `idle`.
+async fn relay(mut down: TcpStream, cluster: &Cluster, idle: Duration) -> io::Result<()> {
+    // --- load balancing: the connection counts in flight on its endpoint until it ends.
+    let peer = down.peer_addr()?;
+    let Some((endpoint, _in_flight)) = cluster.pick_connection(peer) else {
+        return Err(io::ErrorKind::ConnectionRefused.into()); // no endpoint in rotation
+    };
+    let stats = &cluster.upstream.stats;
+    let target =
+        (endpoint.host().trim_start_matches('[').trim_end_matches(']'), endpoint.port_u16().unwrap_or(0));
+    let connect = tokio::time::timeout(cluster.upstream.settings.connect_timeout, TcpStream::connect(target));
+    let mut up = match connect.await {
+        Ok(Ok(s)) => s,
+        _ => {
+            stats.connect_failures.inc();
+            return Err(io::ErrorKind::ConnectionRefused.into());
+        }
+    };
+    stats.connections_total.inc();
+    let _open = GaugeGuard::new(Arc::clone(&stats.active_connections));
+    let _ = up.set_nodelay(true);
+
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (mut dr, mut dw) = down.split();
+    let (mut ur, mut uw) = up.split();
+    let both = async {
+        let (a, b) = tokio::join!(pump(&mut dr, &mut uw, &last, start), pump(&mut ur, &mut dw, &last, start));
+        a.and(b)
+    };
+    let watchdog = async {
+        loop {
+            let quiet = start.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    };
+    tokio::select! {
+        r = both => r,
+        () = watchdog => Ok(()),
+    }
+}
+
+/// Copy one direction until EOF, then half-close the other side's write half.
+async fn pump<R, W>(from: &mut R, to: &mut W, last: &AtomicU64, start: Instant) -> io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        last.store(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_patterns_match_exact_suffix_and_any() {
+        let exact = SniPattern::parse("API.example.com").unwrap();
+        assert!(exact.matches(Some("api.example.com")));
+        assert!(!exact.matches(Some("x.api.example.com")));
+        assert!(!exact.matches(None));
+        let wild = SniPattern::parse("*.example.com").unwrap();
+        assert!(wild.matches(Some("a.example.com")));
+        assert!(wild.matches(Some("a.b.EXAMPLE.com")));
+        assert!(!wild.matches(Some("example.com")));
+        assert!(SniPattern::parse("*").unwrap().matches(None));
+        assert!(SniPattern::parse("*.").is_err());
+        assert!(SniPattern::parse("a..b").is_err());
+        assert!(SniPattern::parse("a b").is_err());
+    }
+}
