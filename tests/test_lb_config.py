@@ -135,3 +135,12 @@ def test_panic_threshold_is_a_percentage(value: object) -> None:
     assert errors_of(config(panic_threshold_percent=value)).keys() == {
         "clusters.0.panic_threshold_percent"
     }
+
+
+def test_http_checks_need_plaintext_http1_endpoints() -> None:
+    errors = errors_of(config(protocol="http2", health_check={}))
+    assert errors.keys() == {"clusters.0.health_check"}
+    assert "tcp: true" in errors["clusters.0.health_check"]
+    assert errors_of(config(tls={}, health_check={})).keys() == {"clusters.0.health_check"}
+    sent = snapshot_cluster(config(protocol="http2", health_check={"tcp": True}))
+    assert sent["health_check"]["tcp"] is True

@@ -19,7 +19,7 @@ use http::header::{HeaderName, COOKIE};
 use http::uri::Authority;
 use http::Request;
 
-use crate::config::{ClusterSpec, HashOnSpec, HealthCheckSpec, LbKind};
+use crate::config::{ClusterProtocol, ClusterSpec, HashOnSpec, HealthCheckSpec, LbKind};
 use crate::error::Error;
 use crate::http::client::Upstream;
 use crate::metrics::Metrics;
@@ -103,6 +103,13 @@ impl Cluster {
         }
         if let Some(hc) = &spec.health_check {
             check_health_spec(hc, &format!("{path}.health_check"))?;
+            // HTTP checks speak plaintext HTTP/1.1 on a client of their own.
+            if !hc.tcp && (spec.tls.is_some() || spec.protocol == ClusterProtocol::Http2) {
+                return Err(Error::config(
+                    format!("{path}.health_check"),
+                    "HTTP checks of TLS or http2 endpoints are not supported yet; use tcp: true",
+                ));
+            }
         }
 
         let addresses: Box<[Authority]> = endpoints.iter().map(|e| e.authority.clone()).collect();

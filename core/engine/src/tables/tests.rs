@@ -218,6 +218,21 @@ fn balancing_and_health_fields_are_checked_with_their_paths() {
             "clusters.0.panic_threshold_percent",
         ),
     ];
+    let h2 = CHECKED
+        .replace("\"tcp\": true, \"path\": null", "\"tcp\": false, \"path\": \"/h\"")
+        .replace("\"expected_statuses\": []", "\"expected_statuses\": [200]")
+        .replace("\"protocol\": \"http1\"", "\"protocol\": \"http2\"");
+    assert_eq!(compile_err(&snapshot("", &h2)).path, "clusters.0.health_check");
+    // TCP checks suit any cluster.
+    let tcp_h2 = CHECKED.replace("\"protocol\": \"http1\"", "\"protocol\": \"http2\"");
+    assert!(compile(
+        &snapshot("", &tcp_h2),
+        &[0],
+        &Metrics::default(),
+        &UpstreamCache::new(),
+        &HealthCache::new()
+    )
+    .is_ok());
     for (text, path) in cases {
         assert_eq!(compile_err(&snapshot("", &text)).path, path, "{text}");
     }
