@@ -169,7 +169,12 @@ impl Cluster {
         }
         let member = rotation.balancer.pick(&ctx)?;
         let endpoint = &self.endpoints[rotation.members[member]];
-        Some((&endpoint.authority, endpoint.load.start(timed)))
+        // Only the balancers that read load pay for counting it (a shared atomic per request).
+        let guard = match self.lb {
+            LbKind::LeastRequest | LbKind::Ewma => endpoint.load.start(timed),
+            _ => InFlight::untracked(),
+        };
+        Some((&endpoint.authority, guard))
     }
 
     /// Rebuild the rotation for a new health epoch. One request does it; the others keep

@@ -147,7 +147,7 @@ impl Load {
     #[inline]
     pub(crate) fn start(&self, observe: bool) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { load: self, started: observe.then(Instant::now), failed: false }
+        InFlight { load: Some(self), started: observe.then(Instant::now), failed: false }
     }
 
     /// Peak-EWMA: a latency above the estimate replaces it at once (so a slowing endpoint is
@@ -192,12 +192,18 @@ fn decay(elapsed_ns: u64) -> f64 {
 /// learns from latency (ewma).
 #[derive(Debug)]
 pub(crate) struct InFlight<'a> {
-    load: &'a Load,
+    /// `None` when the balancer reads no load: no shared counter is touched at all.
+    load: Option<&'a Load>,
     started: Option<Instant>,
     failed: bool,
 }
 
 impl InFlight<'_> {
+    /// A guard that counts nothing, for balancers that do not read load.
+    pub(crate) fn untracked() -> Self {
+        Self { load: None, started: None, failed: false }
+    }
+
     /// The endpoint failed this request (no answer from it): it counts as a very slow one.
     pub(crate) fn failed(&mut self) {
         self.failed = true;
@@ -206,10 +212,11 @@ impl InFlight<'_> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let Some(load) = self.load else { return };
+        load.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(started) = self.started {
             let rtt = started.elapsed();
-            self.load.observe(if self.failed { rtt.max(EWMA_FAILURE_PENALTY) } else { rtt });
+            load.observe(if self.failed { rtt.max(EWMA_FAILURE_PENALTY) } else { rtt });
         }
     }
 }

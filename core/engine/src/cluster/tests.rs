@@ -183,3 +183,16 @@ fn tcp_connections_hash_on_source_ip_only() {
         (0..100).map(|_| by_header.pick_connection(peer("10.0.0.1")).unwrap().0.to_string()).collect();
     assert_eq!(seen.len(), 3);
 }
+
+#[test]
+fn only_load_reading_balancers_count_requests_in_flight() {
+    for (lb, counted) in
+        [(LbKind::RoundRobin, 0), (LbKind::Random, 0), (LbKind::LeastRequest, 1), (LbKind::Ewma, 1)]
+    {
+        let c = compile(&spec(lb, None, &THREE[..1], 50));
+        let guard = c.pick(&request(&[]), peer("127.0.0.1")).unwrap();
+        assert_eq!(c.endpoints[0].load.in_flight(), counted, "{lb:?}");
+        drop(guard);
+        assert_eq!(c.endpoints[0].load.in_flight(), 0);
+    }
+}
