@@ -122,23 +122,18 @@ impl Cluster {
                 Arc::new(HealthGroup::new(spec.health_check.clone(), addresses, gauges, stats))
             }
         };
-        let mut cluster = Self {
+        let rotation = build_rotation(&endpoints, &health, spec.lb, spec.panic_threshold_percent);
+        Ok(Self {
             name: spec.name.as_str().into(),
             endpoints: endpoints.into(),
             lb: spec.lb,
             hash_on,
             panic_threshold_percent: spec.panic_threshold_percent,
             health,
-            rotation: ArcSwap::from_pointee(Rotation {
-                epoch: 0,
-                members: Box::default(),
-                balancer: lb::build(spec.lb, &[]),
-            }),
+            rotation: ArcSwap::from_pointee(rotation),
             rebuilding: AtomicBool::new(false),
             upstream,
-        };
-        cluster.rotation = ArcSwap::from_pointee(cluster.build_rotation());
-        Ok(cluster)
+        })
     }
 
     /// The endpoint for this request, and the guard that counts it in flight until dropped;
@@ -185,30 +180,11 @@ impl Cluster {
             return;
         }
         if self.rotation.load().epoch != self.health.epoch() {
-            self.rotation.store(Arc::new(self.build_rotation()));
+            let rotation =
+                build_rotation(&self.endpoints, &self.health, self.lb, self.panic_threshold_percent);
+            self.rotation.store(Arc::new(rotation));
         }
         self.rebuilding.store(false, Ordering::Release);
-    }
-
-    /// The endpoints in rotation: the healthy ones, or all of them when fewer than the panic
-    /// threshold's share are healthy (Envoy's panic mode: better to try every endpoint than
-    /// to crush the few that are left). The epoch is read first, so a transition during the
-    /// build leaves the rotation stale and the next pick rebuilds it again.
-    fn build_rotation(&self) -> Rotation {
-        let epoch = self.health.epoch();
-        let healthy: Vec<usize> =
-            (0..self.endpoints.len()).filter(|&i| self.health.endpoint(i).is_healthy()).collect();
-        let panic = (healthy.len() as u64) * 100
-            < u64::from(self.panic_threshold_percent) * self.endpoints.len() as u64;
-        let members: Box<[usize]> = if panic { (0..self.endpoints.len()).collect() } else { healthy.into() };
-        let balanced: Vec<Member> = members
-            .iter()
-            .map(|&i| {
-                let e = &self.endpoints[i];
-                Member { key: e.authority.as_str().into(), weight: e.weight, load: Arc::clone(&e.load) }
-            })
-            .collect();
-        Rotation { epoch, balancer: lb::build(self.lb, &balanced), members }
     }
 
     pub(crate) fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
@@ -219,6 +195,30 @@ impl Cluster {
     pub(crate) fn is_healthy(&self, i: usize) -> bool {
         self.health.endpoint(i).is_healthy()
     }
+}
+
+/// The endpoints in rotation: the healthy ones, or all of them when fewer than the panic
+/// threshold's share are healthy (Envoy's panic mode: better to try every endpoint than to
+/// crush the few that are left). The epoch is read first, so a transition during the build
+/// leaves the rotation stale and the next pick rebuilds it again.
+fn build_rotation(
+    endpoints: &[Endpoint],
+    health: &HealthGroup,
+    lb: LbKind,
+    panic_threshold: u32,
+) -> Rotation {
+    let epoch = health.epoch();
+    let healthy: Vec<usize> = (0..endpoints.len()).filter(|&i| health.endpoint(i).is_healthy()).collect();
+    let panic = (healthy.len() as u64) * 100 < u64::from(panic_threshold) * endpoints.len() as u64;
+    let members: Box<[usize]> = if panic { (0..endpoints.len()).collect() } else { healthy.into() };
+    let balanced: Vec<Member> = members
+        .iter()
+        .map(|&i| {
+            let e = &endpoints[i];
+            Member { key: e.authority.as_str().into(), weight: e.weight, load: Arc::clone(&e.load) }
+        })
+        .collect();
+    Rotation { epoch, balancer: lb::build(lb, &balanced), members }
 }
 
 fn compile_hash_on(lb: LbKind, spec: Option<&HashOnSpec>, path: &str) -> Result<Option<HashOn>, Error> {
