@@ -204,3 +204,45 @@ def test_least_request_prefers_the_less_loaded_endpoint(
         seen = Counter(i for ids in pool.map(client, range(8)) for i in ids)
     assert seen["fast"] + seen["slow"] == 200
     assert seen["slow"] < 60, seen
+
+
+def test_tcp_listeners_balance_per_connection(
+    echo: Callable[..., Echo], mesh: Callable[..., Mesh]
+) -> None:
+    ups = three(echo)
+    addresses = [u.address for u in ups]
+    m = mesh(
+        {
+            "listeners": [
+                {
+                    "name": "sticky",
+                    "listen": "127.0.0.1:0",
+                    "protocol": "tcp",
+                    "to": [{"cluster": "h"}],
+                },
+                {
+                    "name": "spread",
+                    "listen": "127.0.0.1:0",
+                    "protocol": "tcp",
+                    "to": [{"cluster": "r"}],
+                },
+            ],
+            "clusters": [
+                cluster("h", *addresses, lb="maglev", hash_on={"source_ip": True}),
+                cluster("r", *addresses, lb="round_robin"),
+            ],
+        }
+    )
+
+    def per_connection(url: str, n: int) -> Counter[str]:
+        seen: Counter[str] = Counter()
+        for _ in range(n):
+            # A new client, so a new TCP connection, each time.
+            with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT) as c:
+                r = c.get("/")
+                assert r.status_code == 200, r.text
+                seen[r.headers["server-id"]] += 1
+        return seen
+
+    assert len(per_connection(m.listener("sticky"), 15)) == 1
+    assert per_connection(m.listener("spread"), 15) == Counter(e0=5, e1=5, e2=5)
