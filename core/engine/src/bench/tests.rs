@@ -136,7 +136,8 @@ fn tls_proxy(dir: &std::path::Path) -> (Engine, u16, String) {
                     "min_version": "1.2", "client_ca": null, "require_client_certificate": false}},
             "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}],
           "clusters": [{{"name": "c", "endpoints": ["{up}"], "lb": "round_robin", "connect_timeout_ms": 500,
-            "max_idle_per_endpoint": 8, "idle_timeout_ms": 1000, "protocol": "http1", "tls": null}}]}}"#,
+            "max_idle_per_endpoint": 8, "idle_timeout_ms": 1000, "protocol": "http1", "tls": null,
+            "hash_on": null, "health_check": null, "panic_threshold_percent": 50}}]}}"#,
         cert_file.display(),
         key_file.display()
     );
