@@ -124,7 +124,7 @@ pub(crate) async fn proxy_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     slot: usize,
     stream: TcpStream,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
     stop: Stop,
 ) {
     let kind = {
@@ -136,8 +136,7 @@ pub(crate) async fn proxy_connection(
     };
     let service = {
         let shared = Arc::clone(&shared);
-        let client = peer.ip();
-        service_fn(move |req| proxy::handle(Arc::clone(&shared), slot, client, req))
+        service_fn(move |req| proxy::handle(Arc::clone(&shared), slot, peer, req))
     };
     match &*kind {
         ListenerKind::Http { tls: None } => server::serve(&builder, stream, service, false, stop).await,

@@ -18,7 +18,7 @@
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,11 +45,11 @@ use crate::router::{RouteAction, Target};
 /// (which brings its own `buffer_limit`).
 const DEFAULT_BUFFER_LIMIT: u64 = 64 * 1024;
 
-/// Serve one request that arrived on the listener in `slot` from `client`.
+/// Serve one request that arrived on the listener in `slot` from the client at `peer`.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     slot: usize,
-    client: IpAddr,
+    peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -72,22 +72,42 @@ pub(crate) async fn handle(
         }
     };
 
-    let mut resp = match prepare(&target, &mut req) {
-        Ok(pq) => {
-            // --- routing: host rewrite and request header edits ---
-            target.actions.apply_request(req.headers_mut());
-            let cluster = &target.cluster;
-            cluster.policy.budget.record_request();
-            let plain = target.policy.is_none()
-                && cluster.policy.breaker.is_none()
-                && cluster.policy.outlier.is_none();
-            if plain {
-                forward(cluster, req, pq).await
-            } else {
-                forward_with_policy(&target, target.policy.as_deref(), client, req, pq).await
+    let cluster = &target.cluster;
+    cluster.policy.budget.record_request();
+    let plain =
+        target.policy.is_none() && cluster.policy.breaker.is_none() && cluster.policy.outlier.is_none();
+    let mut resp = if plain {
+        // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on
+        // it (least_request, ewma) until the response head is back. None in rotation: 503.
+        let Some((endpoint, mut in_flight)) = cluster.pick(&req, peer) else {
+            let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+            target.counters.record(resp.status().as_u16());
+            target.route_stats.duration.record(start.elapsed());
+            return Ok(resp);
+        };
+        // --- end load balancing
+        let resp = match prepare(&target, &mut req) {
+            Ok(pq) => {
+                // --- routing: host rewrite and request header edits ---
+                target.actions.apply_request(req.headers_mut());
+                forward(cluster, endpoint, req, pq).await
             }
+            Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+        };
+        // --- load balancing: a local 502/503 here means the endpoint gave no answer (connect
+        // failure, reset), which ewma must not take for a fast one.
+        if matches!(resp.body(), Either::Right(_)) && resp.status().is_server_error() {
+            in_flight.failed();
         }
-        Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+        resp
+    } else {
+        match prepare(&target, &mut req) {
+            Ok(pq) => {
+                target.actions.apply_request(req.headers_mut());
+                forward_with_policy(&target, target.policy.as_deref(), peer, req, pq).await
+            }
+            Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+        }
     };
     // --- routing: response header edits ---
     target.actions.apply_response(resp.headers_mut());
@@ -131,9 +151,13 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
-/// One try, no policy: the plain path (and the path of upgrades).
-async fn forward(cluster: &Cluster, mut req: Request<Incoming>, pq: PathAndQuery) -> Response<ProxyBody> {
-    let (_, endpoint) = cluster.pick();
+/// One try to `endpoint`, no policy: the plain path (and the path of upgrades).
+async fn forward(
+    cluster: &Cluster,
+    endpoint: &Authority,
+    mut req: Request<Incoming>,
+    pq: PathAndQuery,
+) -> Response<ProxyBody> {
     match upstream_uri(cluster, endpoint, pq) {
         Ok(uri) => *req.uri_mut() = uri,
         Err(()) => return local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
@@ -183,7 +207,7 @@ async fn forward(cluster: &Cluster, mut req: Request<Incoming>, pq: PathAndQuery
 async fn forward_with_policy(
     target: &Target,
     policy: Option<&RoutePolicy>,
-    client: IpAddr,
+    peer: SocketAddr,
     req: Request<Incoming>,
     pq: PathAndQuery,
 ) -> Response<ProxyBody> {
@@ -191,7 +215,7 @@ async fn forward_with_policy(
     if let Some(p) = policy {
         // --- policy: local rate limit (policy/ratelimit.rs) ---
         if let Some(limit) = &p.rate_limit {
-            if let Err(wait) = limit.check(req.headers(), Some(client)) {
+            if let Err(wait) = limit.check(req.headers(), Some(peer.ip())) {
                 p.stats.rate_limited.inc();
                 let mut resp = local_reply(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
@@ -221,10 +245,13 @@ async fn forward_with_policy(
         None => None,
     };
     if is_upgrade(&req) {
-        return forward(cluster, req, pq).await;
+        let Some((endpoint, _in_flight)) = cluster.pick(&req, peer) else {
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+        };
+        return forward(cluster, endpoint, req, pq).await;
     }
     // --- policy: whole-request timeout (policy/timeouts.rs) ---
-    let work = tries(target, policy, req, pq, guard);
+    let work = tries(target, policy, peer, req, pq, guard);
     match policy.and_then(|p| p.timeout) {
         Some(t) => match tokio::time::timeout(t, work).await {
             Ok(resp) => resp,
@@ -241,6 +268,7 @@ async fn forward_with_policy(
 async fn tries(
     target: &Target,
     policy: Option<&RoutePolicy>,
+    peer: SocketAddr,
     req: Request<Incoming>,
     pq: PathAndQuery,
     mut guard: Option<BreakerGuard>,
@@ -267,7 +295,7 @@ async fn tries(
 
     // --- policy: mirroring (policy/mirror.rs), fire and forget ---
     if let (Some(m), Some(b)) = (mirror, &buffered) {
-        m.send(&parts, pq.clone(), b.clone());
+        m.send(&parts, pq.clone(), b.clone(), peer);
     }
 
     let per_try = policy.and_then(|p| p.per_try_timeout);
@@ -275,10 +303,6 @@ async fn tries(
     let mut done = 0u32;
     let mut _retry_place: Option<BreakerGuard> = None;
     loop {
-        let (index, endpoint) = cluster.pick();
-        let Ok(uri) = upstream_uri(cluster, endpoint, pq.clone()) else {
-            return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
-        };
         let last = buffered.is_none() || retry.is_none_or(|r| done >= r.attempts);
         let body: RequestBody = match (&buffered, streamed.take()) {
             (Some(b), _) => Either::Right(Full::new(b.clone())),
@@ -287,9 +311,17 @@ async fn tries(
         };
         let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
         *up.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+        // --- load balancing: an endpoint in rotation (outlier ejection takes endpoints out of
+        // it); `in_flight` counts the try on it until its outcome is known ---
+        let Some((index, endpoint, mut in_flight)) = cluster.pick_indexed(&up, peer) else {
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+        };
+        let Ok(uri) = upstream_uri(cluster, endpoint, pq.clone()) else {
+            return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+        };
+        *up.uri_mut() = uri;
 
         // --- policy: circuit breaker, pending requests ---
         let pending = match &cluster.policy.breaker {
@@ -327,6 +359,10 @@ async fn tries(
                 (TryOutcome::Reset, None)
             }
         };
+        if resp.is_none() {
+            in_flight.failed();
+        }
+        drop(in_flight);
         // --- policy: outlier detection observes every try (policy/outlier.rs) ---
         if let Some(outlier) = &cluster.policy.outlier {
             outlier.observe(index, outcome);

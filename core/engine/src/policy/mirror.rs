@@ -3,6 +3,7 @@
 //! changes the real response. Only requests whose body is buffered (or empty) are mirrored;
 //! the shadow's `Host` gets a `-shadow` suffix (as Envoy does) so its logs can tell.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,19 +48,19 @@ impl Mirror {
     }
 
     /// Send a copy of the request (`parts` and `pq` as they go upstream, with `body`) to the
-    /// shadow cluster.
-    pub(crate) fn send(&self, parts: &Parts, pq: PathAndQuery, body: Bytes) {
+    /// shadow cluster (`peer`: the client, for balancers that hash its address).
+    pub(crate) fn send(&self, parts: &Parts, pq: PathAndQuery, body: Bytes, peer: SocketAddr) {
         let cluster = Arc::clone(&self.cluster);
-        let (_, endpoint) = cluster.pick();
+        let mut req = Request::new(Either::Right(Full::new(body)));
+        *req.method_mut() = parts.method.clone();
+        *req.headers_mut() = parts.headers.clone();
+        let Some((endpoint, _)) = cluster.pick(&req, peer) else { return };
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(cluster.upstream.scheme.clone());
         uri.authority = Some(endpoint.clone());
         uri.path_and_query = Some(pq);
         let Ok(uri) = Uri::from_parts(uri) else { return };
-        let mut req = Request::new(Either::Right(Full::new(body)));
-        *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = parts.headers.clone();
         if let Some(host) = parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
             let shadow = host.split(':').next().unwrap_or(host);
             if let Ok(v) = HeaderValue::from_str(&format!("{shadow}-shadow")) {

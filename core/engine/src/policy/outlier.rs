@@ -5,9 +5,12 @@
 //! to `max_ejection`; at most `max_ejection_percent` of the endpoints are out at once (one
 //! always may be, as in Envoy).
 //!
-//! The balancer-facing interface is two calls: [`Outlier::is_ejected`] (may endpoint `i`
-//! be picked?) and [`Outlier::observe`] (how did a try to endpoint `i` end?). All state is
-//! atomics; an ejection ends lazily, when the first pick after its deadline looks.
+//! The balancer-facing interface: [`Outlier::is_ejected`] (may endpoint `i` be in
+//! rotation?), [`Outlier::observe`] (how did a try to endpoint `i` end?), and
+//! [`Outlier::epoch`], which moves on every ejection and return, so that the cluster rebuilds
+//! its rotation as it does for health-check transitions ([`Outlier::tick`], called per pick,
+//! ends the ejections that are due: one atomic load while nothing is ejected). All state is
+//! atomics.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,6 +51,10 @@ pub(crate) struct Outlier {
     endpoints: Box<[EndpointState]>,
     ejected: AtomicUsize,
     window_start: AtomicU64,
+    /// Moves on every ejection and every return.
+    epoch: AtomicU64,
+    /// The earliest end of a current ejection (ms since `base`); `u64::MAX`: none.
+    next_return: AtomicU64,
     stats: Arc<ClusterStats>,
 }
 
@@ -108,6 +115,8 @@ impl Outlier {
             endpoints: (0..endpoints).map(|_| EndpointState::default()).collect(),
             ejected: AtomicUsize::new(0),
             window_start: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            next_return: AtomicU64::new(u64::MAX),
             stats,
         }))
     }
@@ -136,8 +145,42 @@ impl Outlier {
         if e.ejected_until.compare_exchange(until, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.ejected.fetch_sub(1, Ordering::AcqRel);
             self.stats.ejected.dec();
+            self.epoch.fetch_add(1, Ordering::AcqRel);
         }
         false
+    }
+
+    /// Changes whenever the set of ejected endpoints does.
+    #[inline]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// End the ejections that are due (moving the epoch). Cheap while nothing is ejected.
+    #[inline]
+    pub(crate) fn tick(&self) {
+        if self.ejected.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let now = self.now_ms();
+        if now >= self.next_return.load(Ordering::Acquire) {
+            self.end_due(now);
+        }
+    }
+
+    #[cold]
+    fn end_due(&self, now: u64) {
+        // Reset, then lower again for every ejection still on; an ejection made meanwhile
+        // lowers it too, so none is forgotten.
+        self.next_return.store(u64::MAX, Ordering::Release);
+        for i in 0..self.endpoints.len() {
+            if self.is_ejected_at(i, now) {
+                let until = self.endpoints[i].ejected_until.load(Ordering::Acquire);
+                if until != 0 {
+                    self.next_return.fetch_min(until, Ordering::AcqRel);
+                }
+            }
+        }
     }
 
     /// Endpoints ejected now.
@@ -232,24 +275,11 @@ impl Outlier {
             self.ejected.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
+        self.next_return.fetch_min(now + duration.max(1), Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.stats.ejections.inc();
         self.stats.ejected.inc();
         true
-    }
-
-    /// The endpoint a balancer should use, given its first choice `first` and a way to ask it
-    /// for another: the first pick that is not ejected, or `first` when all are (a cluster
-    /// with every endpoint ejected still serves: panic routing, as Envoy does).
-    #[inline]
-    pub(crate) fn admit(&self, first: usize, len: usize, mut next: impl FnMut() -> usize) -> usize {
-        let mut i = first;
-        for _ in 0..len {
-            if !self.is_ejected(i) {
-                return i;
-            }
-            i = next();
-        }
-        first
     }
 }
 
@@ -355,26 +385,30 @@ mod tests {
     }
 
     #[test]
-    fn admit_skips_ejected_endpoints_and_panics_to_the_first_when_all_are_out() {
-        let o = outlier(&OutlierSpec { max_ejection_percent: 100, ..spec() }, 3);
+    fn the_epoch_moves_on_ejection_and_return_and_tick_ends_due_ejections() {
+        let o = outlier(&OutlierSpec { max_ejection_percent: 100, base_ejection_ms: 1, ..spec() }, 2);
+        let e0 = o.epoch();
+        o.tick();
+        assert_eq!(o.epoch(), e0, "nothing ejected: nothing moves");
         for _ in 0..3 {
             o.observe(1, FAIL);
         }
-        let mut seq = [2, 0].into_iter();
-        assert_eq!(o.admit(1, 3, || seq.next().unwrap()), 2);
-        for i in [0, 2] {
-            for _ in 0..3 {
-                o.observe(i, FAIL);
-            }
+        assert!(o.epoch() > e0);
+        let e1 = o.epoch();
+        poll_until(|| {
+            o.tick();
+            o.epoch() > e1
+        });
+        assert!(!o.is_ejected(1));
+        assert_eq!(o.ejected_count(), 0);
+    }
+
+    fn poll_until(mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out");
+            std::thread::yield_now();
         }
-        let mut n = 0;
-        assert_eq!(
-            o.admit(1, 3, || {
-                n = (n + 1) % 3;
-                n
-            }),
-            1
-        );
     }
 
     #[test]
