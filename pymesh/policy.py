@@ -653,6 +653,11 @@ def _route_problems(
                 yield f"{at}.{name}", why
         return
     s = resolve_route(cfg, i, j)
+
+    def which(loc: str) -> str:
+        """Name the route when the problem is reported at a less specific level."""
+        return "" if loc.startswith(f"{at}.") else f" (for route {at})"
+
     timeout, per_try = s["timeout"], s["per_try_timeout"]
     if timeout.value is not None and per_try.value is not None and per_try.value > timeout.value:
         loc = per_try.loc or timeout.loc
@@ -660,7 +665,7 @@ def _route_problems(
             loc,
             f"per_try_timeout {_shown(per_try.value)} ({per_try.level}) is longer than the "
             f"request timeout {_shown(timeout.value)} ({timeout.level}{_from(timeout)}): "
-            "no try could use it",
+            f"no try could use it{which(loc)}",
         )
     if s["retry"].value is not None:
         on = s["retry.on"]
@@ -668,9 +673,11 @@ def _route_problems(
         replayed = [c for c in on.value if c not in _NEVER_SENT]
         unsafe = sorted(methods - _IDEMPOTENT)
         if methods and unsafe and replayed and not s["retry.idempotent"].value:
+            loc = on.loc or s["retry"].loc
             yield (
-                on.loc or s["retry"].loc,
-                f"the route takes {', '.join(unsafe)}, which is not idempotent: retrying on "
+                loc,
+                f"the route{which(loc)} takes {', '.join(unsafe)}, which is not idempotent: "
+                "retrying on "
                 f"{', '.join(replayed)} could replay it (pymesh never does). Retry only on "
                 "connect-failure/refused-stream, or set retry.idempotent: true if the upstream "
                 "tolerates replays",

@@ -148,7 +148,8 @@ def test_a_per_try_timeout_longer_than_the_request_timeout_is_refused() -> None:
 def test_retries_that_would_replay_a_non_idempotent_route_need_an_opt_in() -> None:
     post = {"match": {"methods": ["POST"]}}
     msgs = problems(layered(**post))
-    assert "POST, which is not idempotent" in msgs["defaults.route.retry.on"]
+    msg = msgs["defaults.route.retry.on"]
+    assert "(for route listeners.0.routes.0) takes POST, which is not idempotent" in msg
     # Retrying only what was never sent is safe; so is the explicit opt-in.
     load_config(layered(**post, retry={"on": ["connect-failure", "refused-stream"]}))
     load_config(layered(**post, retry={"idempotent": True}))
