@@ -638,8 +638,8 @@ class Listener(_Model):
     idle_timeout: Duration = Field(
         default="1h",
         validate_default=True,
-        description="`tcp` and `tls-passthrough` listeners: a connection with no bytes either "
-        "way for this long is closed.",
+        description="A connection with no bytes either way for this long is closed (for "
+        "`http` listeners: the downstream idle timeout).",
     )
     defaults: ListenerDefaults | None = Field(
         default=None,

@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use crate::engine::Shared;
 use crate::http::{proxy, server};
 use crate::metrics::{Gauge, GaugeGuard, ListenerStats};
+use crate::policy::timeouts::IdleIo;
 use crate::tables::ListenerKind;
 use crate::tcp;
 
@@ -139,8 +140,15 @@ pub(crate) async fn proxy_connection(
         service_fn(move |req| proxy::handle(Arc::clone(&shared), slot, peer, req))
     };
     match &*kind {
-        ListenerKind::Http { tls: None } => server::serve(&builder, stream, service, false, stop).await,
-        ListenerKind::Http { tls: Some(config) } => {
+        // --- policy: downstream idle timeout (policy/timeouts.rs) closes quiet connections ---
+        ListenerKind::Http { tls: None, idle } => {
+            let (io, watch) = IdleIo::new(stream);
+            tokio::select! {
+                () = server::serve(&builder, io, service, false, stop) => {}
+                () = watch.expired(*idle) => shared.metrics.downstream_idle_timeouts.inc(),
+            }
+        }
+        ListenerKind::Http { tls: Some(config), idle } => {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
             let Ok(Ok(tls)) = handshake else {
@@ -148,7 +156,11 @@ pub(crate) async fn proxy_connection(
                 return;
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            server::serve(&builder, tls, service, h2, stop).await;
+            let (io, watch) = IdleIo::new(tls);
+            tokio::select! {
+                () = server::serve(&builder, io, service, h2, stop) => {}
+                () = watch.expired(*idle) => shared.metrics.downstream_idle_timeouts.inc(),
+            }
         }
         ListenerKind::Tcp { split, idle } => tcp::proxy(stream, split, *idle).await,
         ListenerKind::TlsPassthrough { router, idle } => tcp::passthrough(stream, router, *idle).await,

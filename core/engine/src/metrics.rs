@@ -175,6 +175,8 @@ pub(crate) struct Metrics {
     pub(crate) config_version: Gauge,
     pub(crate) config_apply_errors: Counter,
     pub(crate) tls_handshake_failures: Counter,
+    /// HTTP connections closed by the listener's idle timeout (policy/timeouts.rs).
+    pub(crate) downstream_idle_timeouts: Counter,
 }
 
 fn entry<K: Ord, V: Default>(map: &mut BTreeMap<K, Arc<V>>, key: K) -> Arc<V> {
@@ -360,6 +362,14 @@ impl Metrics {
         }
 
         render_policies(&reg, &mut out);
+        header(
+            &mut out,
+            "downstream_idle_timeouts_total",
+            "counter",
+            "HTTP connections closed by idle_timeout.",
+        );
+        let _ =
+            writeln!(out, "pymesh_downstream_idle_timeouts_total {}", self.downstream_idle_timeouts.get());
 
         header(&mut out, "tls_handshake_failures_total", "counter", "Downstream TLS handshakes that failed.");
         let _ = writeln!(out, "pymesh_tls_handshake_failures_total {}", self.tls_handshake_failures.get());

@@ -33,6 +33,8 @@ pub(crate) enum ListenerKind {
     /// HTTP/1.1 and HTTP/2; TLS first when configured.
     Http {
         tls: Option<Arc<rustls::ServerConfig>>,
+        /// Downstream idle: a connection with no bytes either way for this long is closed.
+        idle: Duration,
     },
     Tcp {
         split: Split,
@@ -172,7 +174,7 @@ fn compile_kind(
                 Some(t) => Some(crate::tls::server_config(t, &format!("{path}.tls"))?),
                 None => None,
             };
-            Ok(ListenerKind::Http { tls })
+            Ok(ListenerKind::Http { tls, idle: idle()? })
         }
         ListenerProtocol::Tcp => {
             only(!spec.routes.is_empty(), "routes", "http")?;
