@@ -283,6 +283,16 @@ impl Outlier {
     }
 }
 
+impl Drop for Outlier {
+    /// A new config compiles a new detector (ejections start over); the gauge of ejected
+    /// endpoints, which outlives it, must not keep this one's.
+    fn drop(&mut self) {
+        for _ in 0..self.ejected.load(Ordering::Acquire) {
+            self.stats.ejected.dec();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +419,18 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out");
             std::thread::yield_now();
         }
+    }
+
+    #[test]
+    fn dropping_a_detector_gives_back_its_ejections_in_the_gauge() {
+        let stats = Arc::new(ClusterStats::default());
+        let o = Outlier::compile(&spec(), "o", 2, Arc::clone(&stats)).unwrap().unwrap();
+        for _ in 0..3 {
+            o.observe(0, FAIL);
+        }
+        assert_eq!(stats.ejected.get(), 1);
+        drop(o);
+        assert_eq!(stats.ejected.get(), 0);
     }
 
     #[test]
