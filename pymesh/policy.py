@@ -146,8 +146,9 @@ class Retry(_Model):
         default=None,
         ge=0,
         le=16 * 1024 * 1024,
-        description="Request bodies of known length up to this many bytes are kept for replay; "
-        "larger (or chunked) bodies stream through and are not retried. Default 65536.",
+        description="Request bodies up to this many bytes are kept for replay (a body of "
+        "unknown length streams to the first try while a copy is kept); larger bodies are not "
+        "retried. Default 65536.",
     )
 
 

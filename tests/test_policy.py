@@ -57,14 +57,22 @@ class Counting:
         method = line.split(b" ")[0].decode()
         length = 0
         host = ""
+        chunked = False
         while (header := h.rfile.readline()) not in (b"\r\n", b"\n", b""):
             name, _, value = header.decode("latin-1").partition(":")
             if name.strip().lower() == "content-length":
                 length = int(value.strip())
             if name.strip().lower() == "host":
                 host = value.strip()
+            if name.strip().lower() == "transfer-encoding":
+                chunked = "chunked" in value.lower()
         if length:
             h.rfile.read(length)
+        while chunked and (size := int(h.rfile.readline().split(b";")[0], 16)):
+            h.rfile.read(size + 2)
+        if chunked:
+            while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
         with self._lock:
             self.counts[method] += 1
             self.hosts.append(host)
@@ -151,6 +159,24 @@ def test_a_post_that_reached_the_upstream_is_never_replayed(
             # The same route retries an idempotent method: 1 try + 3 retries.
             assert c.put("/", content=b"y").status_code == want
             assert upstream.count("PUT") == 4
+
+
+def test_a_chunked_body_that_arrived_whole_is_replayed(
+    echo: Callable[..., Echo], counting: Callable[..., Counting], mesh: Callable[..., Mesh]
+) -> None:
+    good, bad = echo("good"), counting(503)
+    m = mesh(one_route(f"{good.address},{bad.address}", retry={"on": ["503"], "backoff": "1ms"}))
+
+    def chunks(k: int) -> Iterator[bytes]:
+        yield f"part one of {k}, ".encode()
+        yield b"part two"
+
+    with client(m) as c:
+        answers = [c.put("/", content=chunks(k)) for k in range(6)]
+    assert [(r.status_code, r.text) for r in answers] == [
+        (200, f"part one of {k}, part two") for k in range(6)
+    ]
+    assert bad.count("PUT") >= 3, "tries reached the failing endpoint and were replayed"
 
 
 def test_a_post_that_never_reached_the_upstream_is_retried(

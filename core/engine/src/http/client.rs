@@ -47,9 +47,12 @@ impl std::fmt::Display for ConnectionLimit {
 
 impl std::error::Error for ConnectionLimit {}
 
-/// What the pools carry upstream: the downstream body streamed through, or a buffered copy
-/// (a body kept for retries, or a mirror's copy).
-pub(crate) type RequestBody = http_body_util::Either<Incoming, http_body_util::Full<bytes::Bytes>>;
+/// What the pools carry upstream: the downstream body streamed through, a buffered copy (a
+/// body kept for retries, or a mirror's copy), or the body streamed while a copy is kept.
+pub(crate) type RequestBody = http_body_util::Either<
+    Incoming,
+    http_body_util::Either<http_body_util::Full<bytes::Bytes>, crate::policy::retry::Tee>,
+>;
 
 /// A pooled client over plaintext or TLS; two concrete types rather than one boxed
 /// connector, so the plaintext path pays nothing for TLS.

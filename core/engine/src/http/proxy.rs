@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::header::{CONNECTION, HOST, RETRY_AFTER, UPGRADE};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 
@@ -37,6 +37,7 @@ use crate::cluster::Cluster;
 use crate::engine::Shared;
 use crate::policy::breaker::{BreakerGuard, Limit};
 use crate::policy::ratelimit::retry_after_secs;
+use crate::policy::retry::{self, Tee};
 use crate::policy::timeouts::{self, Kind, UpstreamBody};
 use crate::policy::{RoutePolicy, TryOutcome};
 use crate::router::{RouteAction, Target};
@@ -280,17 +281,28 @@ async fn tries(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
 
-    // --- policy: buffer the body for replay or mirroring, when it is known to be small ---
+    // --- policy: keep the body for replay or mirroring when it fits (policy/retry.rs): read
+    // whole when its length is known, else streamed to the first try while a copy is kept ---
     let limit = retry.map_or(DEFAULT_BUFFER_LIMIT, |r| r.buffer_limit);
-    let (buffered, mut streamed) = if body.is_end_stream() {
+    let mut body = body;
+    let mut copy = None;
+    let (mut buffered, mut streamed): (Option<Bytes>, Option<RequestBody>) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
-    } else if (retry.is_some() || mirror.is_some()) && body.size_hint().exact().is_some_and(|n| n <= limit) {
-        match body.collect().await {
-            Ok(collected) => (Some(collected.to_bytes()), None),
-            Err(_) => return local_reply(StatusCode::BAD_REQUEST, "request body could not be read\n"),
+    } else if retry.is_some() || mirror.is_some() {
+        match retry::buffer_known(&mut body, limit).await {
+            Some(Ok(bytes)) => (Some(bytes), None),
+            Some(Err(())) => {
+                return local_reply(StatusCode::BAD_REQUEST, "request body could not be read\n");
+            }
+            None if retry.is_some() => {
+                let (tee, kept) = Tee::new(body, limit);
+                copy = Some(kept);
+                (None, Some(Either::Right(Either::Right(tee))))
+            }
+            None => (None, Some(Either::Left(body))),
         }
     } else {
-        (None, Some(body))
+        (None, Some(Either::Left(body)))
     };
 
     // --- policy: mirroring (policy/mirror.rs), fire and forget ---
@@ -303,10 +315,10 @@ async fn tries(
     let mut done = 0u32;
     let mut _retry_place: Option<BreakerGuard> = None;
     loop {
-        let last = buffered.is_none() || retry.is_none_or(|r| done >= r.attempts);
+        let last = (buffered.is_none() && copy.is_none()) || retry.is_none_or(|r| done >= r.attempts);
         let body: RequestBody = match (&buffered, streamed.take()) {
-            (Some(b), _) => Either::Right(Full::new(b.clone())),
-            (None, Some(s)) => Either::Left(s),
+            (Some(b), _) => Either::Right(Either::Left(Full::new(b.clone()))),
+            (None, Some(s)) => s,
             (None, None) => return local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
         };
         let mut up = Request::new(body);
@@ -367,6 +379,13 @@ async fn tries(
         if let Some(outlier) = &cluster.policy.outlier {
             outlier.observe(index, outcome);
         }
+        // --- policy: a streamed body that went through whole can be replayed from its copy ---
+        if buffered.is_none() {
+            if let Some(kept) = copy.take() {
+                buffered = kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).whole();
+            }
+        }
+        let last = last || buffered.is_none();
         // --- policy: retry, within the attempts, the budget and the breaker ---
         if let Some(r) = retry.filter(|r| !last && r.retries(outcome, &parts.method)) {
             let place = match &cluster.policy.breaker {

@@ -51,7 +51,7 @@ impl Mirror {
     /// shadow cluster (`peer`: the client, for balancers that hash its address).
     pub(crate) fn send(&self, parts: &Parts, pq: PathAndQuery, body: Bytes, peer: SocketAddr) {
         let cluster = Arc::clone(&self.cluster);
-        let mut req = Request::new(Either::Right(Full::new(body)));
+        let mut req = Request::new(Either::Right(Either::Left(Full::new(body))));
         *req.method_mut() = parts.method.clone();
         *req.headers_mut() = parts.headers.clone();
         let Some((endpoint, _)) = cluster.pick(&req, peer) else { return };

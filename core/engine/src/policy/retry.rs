@@ -6,9 +6,15 @@
 //! it so, or when the upstream provably never saw it (the connect failed, or HTTP/2 refused
 //! the stream). A POST that reached the upstream is never replayed.
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::Method;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::TryOutcome;
 use crate::config::RetrySpec;
@@ -117,6 +123,109 @@ impl RetryPolicy {
     }
 }
 
+// === bodies kept for replay ===
+
+/// Read a body of known length up to `limit` to its end (the client has committed to sending
+/// it), for every try to get a copy; `None`: it cannot be read so (unknown length, or too
+/// long). Bodies of unknown length go through a [`Tee`] instead.
+pub(crate) async fn buffer_known(body: &mut Incoming, limit: u64) -> Option<Result<Bytes, ()>> {
+    if body.size_hint().exact().is_none_or(|n| n > limit) {
+        return None;
+    }
+    let mut whole = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame.map(Frame::into_data) {
+            Ok(Ok(data)) => whole.extend_from_slice(&data),
+            Ok(Err(_)) => {}
+            Err(_) => return Some(Err(())),
+        }
+    }
+    Some(Ok(whole.freeze()))
+}
+
+/// A body of unknown length (HTTP/1.1 chunked, most HTTP/2 and gRPC requests) streamed to the
+/// first try as it arrives, never waiting for the client, while a copy is kept on the side up
+/// to `limit`. If the try fails after the whole body went through within the limit, the copy
+/// is complete and later tries replay it; otherwise there is nothing to replay. The copy is
+/// behind a mutex that only this request's tasks touch (uncontended).
+#[derive(Debug)]
+pub(crate) struct Tee {
+    inner: Incoming,
+    copy: Arc<Mutex<Copy>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Copy {
+    chunks: Vec<Bytes>,
+    size: u64,
+    limit: u64,
+    complete: bool,
+    /// Too long, or it had trailers (which a replay does not carry): no replay.
+    spoiled: bool,
+}
+
+impl Tee {
+    pub(crate) fn new(inner: Incoming, limit: u64) -> (Self, Arc<Mutex<Copy>>) {
+        let copy = Arc::new(Mutex::new(Copy { limit, ..Copy::default() }));
+        (Self { inner, copy: Arc::clone(&copy) }, copy)
+    }
+}
+
+impl Copy {
+    /// The whole body, if all of it went through and was kept.
+    pub(crate) fn whole(&self) -> Option<Bytes> {
+        if !self.complete || self.spoiled {
+            return None;
+        }
+        let mut whole = BytesMut::with_capacity(usize::try_from(self.size).unwrap_or(0));
+        for chunk in &self.chunks {
+            whole.extend_from_slice(chunk);
+        }
+        Some(whole.freeze())
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(step) = &polled {
+            let mut copy = self.copy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match step {
+                Some(Ok(frame)) => match frame.data_ref() {
+                    Some(data) if !copy.spoiled => {
+                        copy.size += data.len() as u64;
+                        if copy.size > copy.limit {
+                            copy.spoiled = true;
+                            copy.chunks = Vec::new();
+                        } else {
+                            copy.chunks.push(data.clone());
+                        }
+                    }
+                    Some(_) => {}
+                    None => copy.spoiled = true,
+                },
+                Some(Err(_)) => copy.spoiled = true,
+                None => copy.complete = true,
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// RFC 9110's idempotent methods (TRACE included), the ones a proxy may replay.
 pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
@@ -201,6 +310,20 @@ mod tests {
             }
         }
         assert_eq!(backoff(base, max, 40, 0.0), max / 2, "no overflow for large n");
+    }
+
+    #[test]
+    fn a_kept_copy_replays_only_a_whole_body_within_the_limit() {
+        let copy = |chunks: &[&'static str], complete: bool, spoiled: bool| Copy {
+            chunks: chunks.iter().map(|c| Bytes::from_static(c.as_bytes())).collect(),
+            size: chunks.iter().map(|c| c.len() as u64).sum(),
+            limit: 100,
+            complete,
+            spoiled,
+        };
+        assert_eq!(copy(&["ab", "cd"], true, false).whole().unwrap(), "abcd");
+        assert!(copy(&["ab"], false, false).whole().is_none(), "the body had not ended");
+        assert!(copy(&[], true, true).whole().is_none(), "too long, or with trailers");
     }
 
     #[test]
