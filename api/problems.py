@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from pymesh.errors import ConfigError, CoreError, DrainingError, ErrorItem
+from pymesh.errors import ConfigError, CoreError, DrainingError, ErrorItem, StaleVersionError
 
 from .schemas import Problem, ProblemItem
 
@@ -26,6 +26,14 @@ INVALID_CONFIG = {
     "content": {PROBLEM_JSON: {}},
 }
 """An OpenAPI ``responses`` entry for a 422 problem document."""
+
+CONFLICT = {
+    "model": Problem,
+    "description": "`If-Match` named a version that is no longer serving, or the item "
+    "already exists; nothing changed.",
+    "content": {PROBLEM_JSON: {}},
+}
+NOT_FOUND = {"model": Problem, "description": "No such item.", "content": {PROBLEM_JSON: {}}}
 
 
 def problem(
@@ -66,6 +74,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     """Answer every error the app raises as a problem document."""
     app.add_exception_handler(ConfigError, _on_config_error)
     app.add_exception_handler(DrainingError, _on_draining)
+    app.add_exception_handler(StaleVersionError, _on_stale)
     app.add_exception_handler(CoreError, _on_core_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(HTTPException, _on_http_exception)
@@ -78,6 +87,11 @@ async def _on_config_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_draining(request: Request, exc: Exception) -> JSONResponse:
     return problem(503, str(exc), title="draining")
+
+
+async def _on_stale(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StaleVersionError)
+    return problem(409, str(exc), title="stale version", headers={"ETag": f'"{exc.current}"'})
 
 
 async def _on_core_error(request: Request, exc: Exception) -> JSONResponse:
