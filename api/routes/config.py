@@ -78,11 +78,15 @@ async def put_config(
     body = await read_json(request)
 
     def replace(data: dict[str, Any]) -> None:
+        admin = data.get("admin")
         data.clear()
-        if isinstance(body, dict):
-            data.update(body)
-        else:  # let validation name the problem at the root
+        if not isinstance(body, dict):  # let validation name the problem at the root
             raise_invalid_root(body)
+        data.update(body)
+        # The admin section is read at start only: a config without one keeps the serving one
+        # rather than recording a change that cannot take effect.
+        if admin is not None:
+            data.setdefault("admin", admin)
 
     done, _ = await change(host, replace, token=token, if_match=if_match)
     return applied(host, done, response)
@@ -102,6 +106,9 @@ def raise_invalid_root(body: object) -> None:
 )
 async def validate_config(request: Request, host: HostDep) -> dict[str, Any]:
     body = await read_json(request)
+    serving_cfg = host.config
+    if isinstance(body, dict) and "admin" not in body and serving_cfg is not None:
+        body["admin"] = serving_cfg.admin.model_dump(mode="json", exclude_unset=True)
     cfg = await run_in_threadpool(load_config, body)
     changes = await run_in_threadpool(host.diff, cfg)
     return {"valid": True, "version": host.version, "changes": changes}
