@@ -5,6 +5,7 @@ Every error the API answers has this shape; bad input is a 4xx, never a 500.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -78,6 +79,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CoreError, _on_core_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(HTTPException, _on_http_exception)
+    app.add_exception_handler(Exception, _on_unexpected)
 
 
 async def _on_config_error(request: Request, exc: Exception) -> JSONResponse:
@@ -111,3 +113,13 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     detail: Any = exc.detail
     return problem(exc.status_code, str(detail), headers=exc.headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # A bug, never the client's input: answered as a problem document too, and logged.
+    print(
+        f"pymesh: admin API error on {request.method} {request.url.path}: {exc!r}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return problem(500, "internal error; see the proxy's log", title="internal error")

@@ -24,6 +24,9 @@ from ..schemas import ConfigApplied, DryRun, VersionDetail, VersionSummary
 
 router = APIRouter(prefix="/config", tags=["config"], dependencies=[Depends(authenticate)])
 
+MAX_VERSION = 2**62
+"""The largest version number a URL may name (SQLite integers are 64-bit)."""
+
 MESH_CONFIG_SCHEMA: dict[str, Any] = {"$ref": "#/components/schemas/MeshConfig"}
 """The config's JSON Schema, placed among the OpenAPI components by ``create_app``."""
 
@@ -122,7 +125,9 @@ async def validate_config(request: Request, host: HostDep) -> dict[str, Any]:
 def list_versions(
     host: HostDep,
     limit: int = Query(50, ge=1, le=1000, description="At most this many versions."),
-    before: int | None = Query(None, ge=1, description="Only versions older than this one."),
+    before: int | None = Query(
+        None, ge=1, le=MAX_VERSION, description="Only versions older than this one."
+    ),
 ) -> list[VersionSummary]:
     return [
         VersionSummary(
@@ -143,7 +148,7 @@ def list_versions(
     response_model_exclude_unset=True,
     responses={404: NOT_FOUND},
 )
-def get_version(host: HostDep, version: int = Path(ge=1)) -> dict[str, Any]:
+def get_version(host: HostDep, version: int = Path(ge=1, le=MAX_VERSION)) -> dict[str, Any]:
     v = host.store.get(version)
     if v is None:
         raise HTTPException(404, f"no version {version}")
@@ -179,7 +184,7 @@ async def rollback(
     host: HostDep,
     token: WriteToken,
     if_match: IfMatch,
-    version: int = Path(ge=1),
+    version: int = Path(ge=1, le=MAX_VERSION),
 ) -> ConfigApplied:
     old = host.store.get(version)
     if old is None:
