@@ -82,6 +82,12 @@ def run_bench(
     timeout_s: float = 10.0,
     warmup_s: float = 0.0,
     progress: bool = False,
+    http2: bool = False,
+    streams: int = 1,
+    cacert: str | None = None,
+    insecure: bool = False,
+    cert: str | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """Run the load generator with the GIL released; see ``pymesh.bench.run``."""
 

@@ -107,11 +107,20 @@ def run(
     timeout: str | float = "10s",
     warmup: str | float = 0.0,
     progress: bool = False,
+    http2: bool = False,
+    streams: int = 1,
+    cacert: str | None = None,
+    insecure: bool = False,
+    cert: str | None = None,
+    key: str | None = None,
 ) -> BenchResult:
     """Load ``url`` and answer what happened. Durations are seconds or strings like ``"5s"``.
 
     Closed loop by default; with ``rate`` (requests/s over all connections) an open loop
     whose latencies count from each request's due time (coordinated-omission corrected).
+    ``http2`` speaks HTTP/2 (h2c by prior knowledge, or ALPN over ``https://``) with
+    ``streams`` concurrent streams per connection; ``cacert``, ``insecure``, ``cert`` and
+    ``key`` set up TLS for ``https://`` URLs.
     """
     pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
     raw = _core.run_bench(
@@ -127,6 +136,12 @@ def run(
         timeout_s=_seconds(timeout, "timeout") or 0.0,
         warmup_s=_seconds(warmup, "warmup") or 0.0,
         progress=progress,
+        http2=http2,
+        streams=streams,
+        cacert=cacert,
+        insecure=insecure,
+        cert=cert,
+        key=key,
     )
     return BenchResult.from_core(raw)
 
@@ -160,6 +175,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     body.add_argument("--body-file", type=Path, help="request body from a file")
     p.add_argument("--timeout", default="10s", help="per-request timeout (default 10s)")
     p.add_argument("--warmup", default="0s", help="unmeasured warm-up time (default 0s)")
+    p.add_argument("--http2", action="store_true", help="speak HTTP/2 (h2c, or h2 over https)")
+    p.add_argument("-m", "--streams", type=int, default=1, help="HTTP/2 streams per connection")
+    p.add_argument("--cacert", help="PEM file of CAs to trust (https)")
+    p.add_argument("--insecure", action="store_true", help="accept any server certificate")
+    p.add_argument("--cert", help="client certificate PEM (mutual TLS)")
+    p.add_argument("--key", help="client key PEM (mutual TLS)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--compare", metavar="URL2", help="alternate with a second target")
     p.add_argument("--rounds", type=int, default=3, help="rounds with --compare (default 3)")
@@ -189,6 +210,12 @@ def command(args: argparse.Namespace) -> int:
             "body": body,
             "timeout": args.timeout,
             "warmup": args.warmup,
+            "http2": args.http2,
+            "streams": args.streams,
+            "cacert": args.cacert,
+            "insecure": args.insecure,
+            "cert": args.cert,
+            "key": args.key,
         }
         if args.compare:
             a, b = compare(args.url, args.compare, rounds=args.rounds, **options)

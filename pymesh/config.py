@@ -22,11 +22,19 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
 
 from pymesh._core import regex_error
-from pymesh.addresses import Endpoint, ListenAddress, listen_key, split_host_port
+from pymesh.addresses import (
+    Endpoint,
+    ListenAddress,
+    check_endpoint,
+    listen_key,
+    split_host_port,
+)
 from pymesh.documents import DocumentError, parse_document
 from pymesh.durations import Duration
 from pymesh.errors import ConfigError, ErrorItem
@@ -40,8 +48,10 @@ __all__ = [
     "Cluster",
     "ClusterTls",
     "DirectResponse",
+    "HashOn",
     "HeaderActions",
     "HeaderMatch",
+    "HealthCheck",
     "Listener",
     "ListenerTls",
     "MeshConfig",
@@ -52,6 +62,7 @@ __all__ = [
     "Route",
     "RouteMatch",
     "WeightedCluster",
+    "WeightedEndpoint",
     "check_config",
     "load_config",
     "load_config_file",
@@ -77,30 +88,13 @@ Name = Annotated[str, AfterValidator(_check_name), Field(min_length=1, max_lengt
 """A name: 1-128 of ``[A-Za-z0-9_.-]``."""
 
 
-def _only(kind: str, supported: str, later: frozenset[str]) -> BeforeValidator:
-    """Refuse values other than ``supported`` with a message that tells planned from unknown."""
-
-    def check(value: object) -> object:
-        if value == supported or not isinstance(value, str):
-            return value
-        if value in later:
-            raise ValueError(f"{kind} {value!r} is not supported yet (only {supported!r})")
-        raise ValueError(f"unknown {kind} {value!r} (only {supported!r})")
-
-    return BeforeValidator(check)
-
-
 _Protocol = Literal["http", "tcp", "tls-passthrough"]
 _ClusterProtocol = Literal["http1", "http2", "auto"]
 _Alpn = Literal["h2", "http/1.1"]
-_Lb = Annotated[
-    Literal["round_robin"],
-    _only(
-        "load balancer",
-        "round_robin",
-        frozenset({"random", "least_request", "ewma", "ring_hash", "maglev"}),
-    ),
-]
+_Lb = Literal["round_robin", "random", "least_request", "ewma", "ring_hash", "maglev"]
+
+HASHING_LBS = frozenset({"ring_hash", "maglev"})
+"""The balancers that place requests by a key, and so need ``hash_on``."""
 
 
 class _Model(BaseModel):
@@ -709,17 +703,136 @@ class ClusterTls(_Model):
     )
 
 
+# --- load balancing and health (balancing branch) ---
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+"""An HTTP token (RFC 9110): what header and cookie names are made of."""
+
+
+def _check_token(value: str | None) -> str | None:
+    if value is not None and not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a valid name (letters, digits and !#$%&'*+.^_`|~-)")
+    return value
+
+
+_Token = Annotated[str | None, AfterValidator(_check_token)]
+
+
+class WeightedEndpoint(_Model):
+    """An upstream endpoint with a weight (the string form `host:port` has weight 1)."""
+
+    address: Endpoint = Field(description="Upstream `host:port` (port 1-65535). Required.")
+    weight: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Relative share of the cluster's requests (1-1000), for every balancer.",
+    )
+
+
+def _endpoint_entry(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """A bare string is checked as an endpoint, anything else as a WeightedEndpoint, so that
+    an error names the list item (and its field) rather than each arm of the union."""
+    if isinstance(value, str):
+        return check_endpoint(value)
+    if isinstance(value, WeightedEndpoint):
+        return value
+    return WeightedEndpoint.model_validate(value)
+
+
+EndpointEntry = Annotated[Endpoint | WeightedEndpoint, WrapValidator(_endpoint_entry)]
+"""`host:port`, or `{address: host:port, weight: N}`."""
+
+
+class HashOn(_Model):
+    """Where `ring_hash` and `maglev` take a request's key from: exactly one of the three."""
+
+    header: _Token = Field(default=None, description="Hash the value of this request header.")
+    cookie: _Token = Field(default=None, description="Hash the value of this cookie.")
+    source_ip: bool = Field(default=False, description="Hash the client's IP address.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HashOn:
+        if (self.header is not None) + (self.cookie is not None) + self.source_ip != 1:
+            raise ValueError("set exactly one of 'header', 'cookie' and 'source_ip: true'")
+        return self
+
+
+def _check_check_path(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r}: a path must start with '/'")
+    if any(c.isspace() or not c.isprintable() for c in value) or "#" in value:
+        raise ValueError(f"{value!r}: a request path has no spaces, control characters or '#'")
+    return value
+
+
+class HealthCheck(_Model):
+    """Active health checking of each endpoint: an HTTP `GET path`, or a TCP connect."""
+
+    tcp: bool = Field(
+        default=False,
+        description="Check by opening a TCP connection instead of an HTTP request.",
+    )
+    path: Annotated[str | None, AfterValidator(_check_check_path)] = Field(
+        default=None,
+        description="HTTP checks: the path (and query) to GET. Default `/healthz`; not with `tcp`.",
+    )
+    expected_statuses: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=lambda: [200],
+        min_length=1,
+        description="HTTP checks: the statuses that count as healthy.",
+    )
+    interval: Duration = Field(
+        default="5s", validate_default=True, description="Time between checks of an endpoint."
+    )
+    timeout: Duration = Field(
+        default="1s",
+        validate_default=True,
+        description="A check not answered (or connected) in this time fails.",
+    )
+    healthy_threshold: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Passes in a row that bring an unhealthy endpoint back.",
+    )
+    unhealthy_threshold: int = Field(
+        default=3, ge=1, le=100, description="Failures in a row that take an endpoint out."
+    )
+
+    @model_validator(mode="after")
+    def _path_or_tcp(self) -> HealthCheck:
+        if self.tcp and self.path is not None:
+            raise ValueError("a TCP check has no 'path'; drop 'path' or 'tcp: true'")
+        return self
+
+    @property
+    def http_path(self) -> str | None:
+        """The path an HTTP check requests; None for a TCP check."""
+        return None if self.tcp else (self.path or "/healthz")
+
+
 class Cluster(_Model):
     """A named group of upstream endpoints that routes send requests to."""
 
     name: Name = Field(description="Unique name of the cluster. Required.")
-    endpoints: list[Endpoint] = Field(
+    endpoints: list[EndpointEntry] = Field(
         min_length=1,
-        description="Upstream `host:port` addresses (port 1-65535). Required, at least one.",
+        description="Upstream `host:port` addresses (port 1-65535), or "
+        "`{address: host:port, weight: N}`. Required, at least one; no duplicates.",
     )
     lb: _Lb = Field(
         default="round_robin",
-        description="How an endpoint is chosen: only `round_robin` in this version.",
+        description="How an endpoint is chosen: `round_robin`, `random`, `least_request` "
+        "(power of two choices), `ewma` (peak-EWMA latency), `ring_hash` or `maglev` "
+        "(consistent hashing on `hash_on`).",
+    )
+    hash_on: HashOn | None = Field(
+        default=None,
+        description="The request key of `ring_hash` and `maglev` (required for them, refused "
+        "for the others). Requests without the key are balanced at random.",
     )
     connect_timeout: Duration = Field(
         default="1s",
@@ -730,6 +843,18 @@ class Cluster(_Model):
         default_factory=PoolConfig,
         description="Reuse of upstream connections.",
     )
+    health_check: HealthCheck | None = Field(
+        default=None,
+        description="Active health checks; null = none (every endpoint is always healthy).",
+    )
+    panic_threshold_percent: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="When fewer than this percentage of endpoints are healthy, balance over "
+        "all of them (Envoy's panic mode); 0 turns it off.",
+    )
+
     protocol: _ClusterProtocol = Field(
         default="http1",
         description="`http1`; `http2` (h2c by prior knowledge over plaintext, h2 over TLS); "
@@ -757,6 +882,10 @@ class Cluster(_Model):
         if self.tls is not None and self.tls.alpn is not None and not explicit:
             return _protocol_for_alpn(self.tls.alpn)
         return self.protocol
+
+    def weighted_endpoints(self) -> list[WeightedEndpoint]:
+        """Every endpoint with its weight."""
+        return [WeightedEndpoint(address=e) if isinstance(e, str) else e for e in self.endpoints]
 
 
 def _protocol_for_alpn(alpn: Sequence[str]) -> str:
@@ -855,6 +984,7 @@ def check_config(cfg: MeshConfig) -> None:
             )
         else:
             clusters[cluster.name] = i
+        _check_cluster(cluster, f"clusters.{i}", err)
         _check_cluster_files(cluster, f"clusters.{i}", err)
 
     listener_names: dict[str, int] = {}
@@ -901,6 +1031,34 @@ def check_config(cfg: MeshConfig) -> None:
             err(loc, msg)
     if errors:
         raise ConfigError(errors)
+
+
+def _check_cluster(cluster: Cluster, at: str, err: Callable[[str, str], None]) -> None:
+    """A cluster's checks across fields: its balancer and its key, duplicate endpoints."""
+    if cluster.lb in HASHING_LBS and cluster.hash_on is None:
+        err(
+            f"{at}.hash_on",
+            f"{cluster.lb} needs hash_on: {{header: NAME}}, {{cookie: NAME}} "
+            "or {source_ip: true}",
+        )
+    if cluster.lb not in HASHING_LBS and cluster.hash_on is not None:
+        err(f"{at}.hash_on", f"hash_on is only for ring_hash and maglev, not {cluster.lb}")
+    hc = cluster.health_check
+    http_check = hc is not None and not hc.tcp
+    if http_check and (cluster.tls is not None or cluster.effective_protocol() == "http2"):
+        err(
+            f"{at}.health_check",
+            "HTTP checks of TLS or http2 endpoints are not supported yet; use tcp: true",
+        )
+    seen: dict[str, int] = {}
+    for j, e in enumerate(cluster.weighted_endpoints()):
+        if e.address in seen:
+            err(
+                f"{at}.endpoints.{j}",
+                f"duplicate endpoint {e.address} (also endpoints.{seen[e.address]})",
+            )
+        else:
+            seen[e.address] = j
 
 
 def _check_file(path: str, loc: str, err: Callable[[str, str], None]) -> None:

@@ -12,8 +12,10 @@ from typing import Any
 from pymesh.config import (
     Certificate,
     Cluster,
+    HashOn,
     HeaderActions,
     HeaderMatch,
+    HealthCheck,
     Listener,
     ListenerTls,
     MeshConfig,
@@ -135,11 +137,14 @@ def _header_actions(h: HeaderActions) -> dict[str, Any]:
 def _cluster(c: Cluster) -> dict[str, Any]:
     return {
         "name": c.name,
-        "endpoints": list(c.endpoints),
+        "endpoints": [{"address": e.address, "weight": e.weight} for e in c.weighted_endpoints()],
         "lb": c.lb,
+        "hash_on": _hash_on(c.hash_on),
         "connect_timeout_ms": to_millis(c.connect_timeout),
         "max_idle_per_endpoint": c.pool.max_idle_per_endpoint,
         "idle_timeout_ms": to_millis(c.pool.idle_timeout),
+        "health_check": _health_check(c.health_check),
+        "panic_threshold_percent": c.panic_threshold_percent,
         "protocol": c.effective_protocol(),
         "tls": None
         if c.tls is None
@@ -150,4 +155,24 @@ def _cluster(c: Cluster) -> dict[str, Any]:
             if c.tls.client_certificate is None
             else _certificate(c.tls.client_certificate),
         },
+    }
+
+
+def _hash_on(h: HashOn | None) -> dict[str, Any] | None:
+    if h is None:
+        return None
+    return {"header": h.header, "cookie": h.cookie, "source_ip": h.source_ip}
+
+
+def _health_check(hc: HealthCheck | None) -> dict[str, Any] | None:
+    if hc is None:
+        return None
+    return {
+        "tcp": hc.tcp,
+        "path": hc.http_path,
+        "expected_statuses": list(hc.expected_statuses),
+        "interval_ms": to_millis(hc.interval),
+        "timeout_ms": to_millis(hc.timeout),
+        "healthy_threshold": hc.healthy_threshold,
+        "unhealthy_threshold": hc.unhealthy_threshold,
     }

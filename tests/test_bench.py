@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from certs import CA
 from meshtest import PYMESH, Echo, Mesh, cluster, dead_address, listener, route
 
 from pymesh import bench
@@ -90,6 +92,8 @@ def test_connect_errors_are_counted_and_exit_code_says_nothing_answered() -> Non
         (["ftp://127.0.0.1:1/"], "http://"),
         (["http://127.0.0.1:1/", "-H", "nocolon"], "Name: value"),
         (["http://127.0.0.1:1/", "--timeout", "soon"], "timeout"),
+        (["http://127.0.0.1:1/", "-m", "4"], "streams"),
+        (["https://127.0.0.1:1/", "--cert", "c.pem"], "cert"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(args: list[str], message: str) -> None:
@@ -99,3 +103,60 @@ def test_bad_options_exit_2_with_a_message(args: list[str], message: str) -> Non
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_http2_streams_and_tls_against_a_tls_listener(
+    tmp_path: Path, echo: Callable[..., Echo], mesh: Callable[..., Mesh]
+) -> None:
+    ca = CA(tmp_path / "pki")
+    served = ca.issue("localhost")
+    up = echo("b")
+    m = mesh(
+        {
+            "listeners": [
+                {
+                    "name": "tls",
+                    "listen": "127.0.0.1:0",
+                    "routes": [route("c")],
+                    "tls": {"cert": str(served.cert), "key": str(served.key)},
+                },
+                listener("plain", [route("c")]),
+            ],
+            "clusters": [cluster("c", up.address)],
+        }
+    )
+    port = m.listener("tls").rsplit(":", 1)[1]
+    for http2 in (False, True):
+        r = bench.run(
+            f"https://localhost:{port}/?size=500",
+            connections=2,
+            requests=200,
+            http2=http2,
+            streams=4 if http2 else 1,
+            cacert=str(ca.path),
+        )
+        assert (r.requests, r.errors.total, r.status) == (200, 0, {"200": 200}), r
+    # h2c by prior knowledge, many streams on one connection, through the CLI.
+    out = subprocess.run(
+        [
+            PYMESH,
+            "bench",
+            m.listener("plain") + "/",
+            "--http2",
+            "-c",
+            "1",
+            "-m",
+            "16",
+            "-n",
+            "320",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(out.stdout)["status"] == {"200": 320}
+    # An untrusted certificate is a connect error, not a silent success.
+    r = bench.run(f"https://localhost:{port}/", connections=1, duration="300ms")
+    assert r.requests == 0 and r.errors.connect > 0

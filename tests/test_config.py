@@ -114,8 +114,11 @@ def test_defaults() -> None:
         "name": "a",
         "endpoints": ["127.0.0.1:9001"],
         "lb": "round_robin",
+        "hash_on": None,
         "connect_timeout": "1s",
         "pool": {"max_idle_per_endpoint": 1024, "idle_timeout": "90s"},
+        "health_check": None,
+        "panic_threshold_percent": 50,
         "protocol": "http1",
         "tls": None,
     }
@@ -194,10 +197,10 @@ def test_names() -> None:
     assert errors_of(data).keys() == {"listeners.0.name", "clusters.0.name"}
 
 
-def test_lb_not_supported_yet_and_unknown_protocols() -> None:
+def test_unknown_lb_and_protocols() -> None:
     data = minimal()
-    data["clusters"][0]["lb"] = "least_request"
-    assert "not supported yet" in errors_of(data)["clusters.0.lb"]
+    data["clusters"][0]["lb"] = "fastest"
+    assert "'round_robin'" in errors_of(data)["clusters.0.lb"]
     data = minimal()
     data["listeners"][0]["protocol"] = "gopher"
     assert "listeners.0.protocol" in errors_of(data)
@@ -418,21 +421,30 @@ def test_snapshot_json(tmp_path: Path) -> None:
         "clusters": [
             {
                 "name": "v1",
-                "endpoints": ["127.0.0.1:9001", "127.0.0.1:9002"],
+                "endpoints": [
+                    {"address": "127.0.0.1:9001", "weight": 1},
+                    {"address": "127.0.0.1:9002", "weight": 1},
+                ],
                 "lb": "round_robin",
+                "hash_on": None,
                 "connect_timeout_ms": 1000,
                 "max_idle_per_endpoint": 1024,
                 "idle_timeout_ms": 90000,
+                "health_check": None,
+                "panic_threshold_percent": 50,
                 "protocol": "http1",
                 "tls": None,
             },
             {
                 "name": "v2",
-                "endpoints": ["[::1]:9003"],
+                "endpoints": [{"address": "[::1]:9003", "weight": 1}],
                 "lb": "round_robin",
+                "hash_on": None,
                 "connect_timeout_ms": 250,
                 "max_idle_per_endpoint": 8,
                 "idle_timeout_ms": 60000,
+                "health_check": None,
+                "panic_threshold_percent": 50,
                 "protocol": "http1",
                 "tls": None,
             },

@@ -8,6 +8,8 @@
 //! histograms are merged at the end.
 
 mod conn;
+mod h2;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +21,8 @@ use hdrhistogram::Histogram;
 
 use crate::error::Error;
 use conn::{Conn, Exchange, Failure};
+pub use transport::BenchTls;
+use transport::Transport;
 
 /// What to run. Defaults match `pymesh bench`'s documented ones.
 #[derive(Debug, Clone)]
@@ -39,6 +43,12 @@ pub struct BenchOptions {
     pub warmup: Duration,
     /// Print a live progress line to stderr once a second.
     pub progress: bool,
+    /// Speak HTTP/2 (h2c by prior knowledge over `http://`, ALPN `h2` over `https://`).
+    pub http2: bool,
+    /// HTTP/2: concurrent streams per connection.
+    pub streams: usize,
+    /// TLS options, used with `https://` URLs.
+    pub tls: BenchTls,
 }
 
 impl Default for BenchOptions {
@@ -56,6 +66,9 @@ impl Default for BenchOptions {
             timeout: Duration::from_secs(10),
             warmup: Duration::ZERO,
             progress: false,
+            http2: false,
+            streams: 1,
+            tls: BenchTls::default(),
         }
     }
 }
@@ -145,8 +158,12 @@ impl Tally {
 
 /// State every connection reads: the clock, the request, and the stop conditions.
 struct Plan {
-    addr: SocketAddr,
+    transport: Transport,
+    /// The HTTP/1.1 request, encoded once.
     request: Vec<u8>,
+    /// The HTTP/2 request's parts, when speaking HTTP/2.
+    h2_request: Option<h2::H2Request>,
+    streams: usize,
     head_only: bool,
     timeout: Duration,
     /// When the run started: the open loop's schedule counts from here.
@@ -184,27 +201,25 @@ impl Plan {
     }
 }
 
-/// Parse `http://host:port/path?query` into an address and the request target.
-fn target(url: &str) -> Result<(http::Uri, SocketAddr), Error> {
+/// Parse `http(s)://host:port/path?query` into the URI and the addresses to connect to (in
+/// resolver order; a connection tries each until one answers).
+fn target(url: &str) -> Result<(http::Uri, Vec<SocketAddr>), Error> {
     let uri: http::Uri = url.parse().map_err(|e| Error::config("url", format!("{url:?}: {e}")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(Error::config(
-                "url",
-                "https is not supported yet (TLS comes with the data-plane issue)",
-            ))
-        }
-        _ => return Err(Error::config("url", format!("{url:?} needs an http:// scheme"))),
-    }
+    let default_port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => 443,
+        _ => return Err(Error::config("url", format!("{url:?} needs an http:// or https:// scheme"))),
+    };
     let authority = uri.authority().ok_or_else(|| Error::config("url", format!("{url:?} has no host")))?;
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(default_port);
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
         .map_err(|e| Error::config("url", format!("cannot resolve {host}: {e}")))?
-        .next()
-        .ok_or_else(|| Error::config("url", format!("{host} resolves to no address")))?;
-    Ok((uri, addr))
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::config("url", format!("{host} resolves to no address")));
+    }
+    Ok((uri, addrs))
 }
 
 fn encode_request(uri: &http::Uri, opts: &BenchOptions) -> Result<Vec<u8>, Error> {
@@ -234,6 +249,25 @@ fn encode_request(uri: &http::Uri, opts: &BenchOptions) -> Result<Vec<u8>, Error
     Ok(bytes)
 }
 
+fn h2_request(uri: &http::Uri, opts: &BenchOptions) -> Result<h2::H2Request, Error> {
+    let method: http::Method = opts
+        .method
+        .parse()
+        .map_err(|_| Error::config("method", format!("{:?} is not an HTTP method", opts.method)))?;
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &opts.headers {
+        if k.eq_ignore_ascii_case("host") {
+            continue; // HTTP/2 carries the host as :authority, from the URL
+        }
+        let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .map_err(|_| Error::config("headers", format!("{k:?} is not a header name")))?;
+        let value = http::HeaderValue::from_str(v)
+            .map_err(|_| Error::config("headers", format!("{v:?} is not a header value")))?;
+        headers.append(name, value);
+    }
+    Ok(h2::H2Request { method, uri: uri.clone(), headers, body: bytes::Bytes::from(opts.body.clone()) })
+}
+
 /// Run a benchmark to completion on threads of its own. Blocks the caller.
 pub fn run(opts: &BenchOptions) -> Result<BenchResult, Error> {
     if opts.connections == 0 || opts.threads == 0 {
@@ -247,14 +281,29 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResult, Error> {
             return Err(Error::config("rate", "must be a positive number of requests per second"));
         }
     }
-    let (uri, addr) = target(&opts.url)?;
+    if opts.streams == 0 || (opts.streams > 1 && !opts.http2) {
+        return Err(Error::config(
+            "streams",
+            "streams per connection: at least 1, and above 1 only with HTTP/2",
+        ));
+    }
+    let (uri, addrs) = target(&opts.url)?;
     let request = encode_request(&uri, opts)?;
+    let transport = if uri.scheme_str() == Some("https") {
+        Transport::tls(addrs, uri.host().unwrap_or_default().trim_matches(['[', ']']), &opts.tls, opts.http2)?
+    } else {
+        Transport::plain(addrs)
+    };
+    let h2_request = opts.http2.then(|| h2_request(&uri, opts)).transpose()?;
+    let slots = opts.connections * opts.streams;
     let threads = opts.threads.min(opts.connections);
     let start = Instant::now();
     let measure_from = start + opts.warmup;
     let plan = Arc::new(Plan {
-        addr,
+        transport,
         request,
+        h2_request,
+        streams: opts.streams,
         head_only: opts.method == "HEAD",
         timeout: opts.timeout,
         start,
@@ -262,7 +311,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResult, Error> {
         stop_at: opts.duration.map(|d| measure_from + d),
         remaining: opts.requests.map(AtomicU64::new),
         stopped: AtomicBool::new(false),
-        interval: opts.rate.map(|r| Duration::from_secs_f64(opts.connections as f64 / r)),
+        interval: opts.rate.map(|r| Duration::from_secs_f64(slots as f64 / r)),
         done: AtomicU64::new(0),
     });
     let tallies: Vec<Arc<Mutex<Tally>>> = (0..threads).map(|_| Arc::new(Mutex::new(Tally::new()))).collect();
@@ -274,7 +323,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResult, Error> {
         let first =
             (0..t).map(|i| opts.connections / threads + usize::from(i < opts.connections % threads)).sum();
         let (plan, tally) = (Arc::clone(&plan), Arc::clone(tally));
-        let total = opts.connections;
+        let total = slots;
         let handle = std::thread::Builder::new()
             .name(format!("pymesh-bench-{t}"))
             .spawn(move || run_thread(&plan, &tally, first, conns, total))
@@ -374,17 +423,59 @@ fn run_thread(
     rt.block_on(async {
         let tasks = tokio::task::LocalSet::new();
         for i in 0..conns {
-            let (plan, tally) = (Arc::clone(plan), Arc::clone(tally));
-            tasks.spawn_local(async move { drive(&plan, &tally, first + i, total).await });
+            // HTTP/2: the connection's streams share it; HTTP/1.1: one loop per connection.
+            let shared: h2::Shared = std::rc::Rc::default();
+            for s in 0..plan.streams {
+                let client = if plan.h2_request.is_some() {
+                    Client::H2(std::rc::Rc::clone(&shared))
+                } else {
+                    Client::H1(None)
+                };
+                let slot = (first + i) * plan.streams + s;
+                let (plan, tally) = (Arc::clone(plan), Arc::clone(tally));
+                tasks.spawn_local(async move { drive(&plan, &tally, client, slot, total).await });
+            }
         }
         tasks.await;
     });
     Ok(())
 }
 
-/// One connection's loop: send, read, record, until the plan says stop.
-async fn drive(plan: &Plan, tally: &Mutex<Tally>, index: usize, total: usize) {
-    let mut conn: Option<Conn> = None;
+/// What a request loop sends on.
+enum Client {
+    /// Its own HTTP/1.1 connection (opened on first use and after a failure).
+    H1(Option<Conn>),
+    /// The HTTP/2 connection it shares with its connection's other streams.
+    H2(h2::Shared),
+}
+
+impl Client {
+    async fn exchange(&mut self, plan: &Plan) -> Result<Exchange, Failure> {
+        match self {
+            Client::H1(conn) => {
+                if conn.is_none() {
+                    *conn = Some(Conn::connect(&plan.transport).await?);
+                }
+                conn.as_mut().expect("just connected").exchange(&plan.request, plan.head_only).await
+            }
+            Client::H2(shared) => {
+                let req = plan.h2_request.as_ref().expect("HTTP/2 plans carry the request");
+                h2::exchange(shared, &plan.transport, req).await
+            }
+        }
+    }
+
+    /// Drop an HTTP/1.1 connection that cannot carry another request.
+    fn discard(&mut self) {
+        if let Client::H1(conn) = self {
+            *conn = None;
+        }
+    }
+}
+
+/// One request loop (a connection, or an HTTP/2 stream slot): send, read, record, until the
+/// plan says stop.
+async fn drive(plan: &Plan, tally: &Mutex<Tally>, mut client: Client, index: usize, total: usize) {
     // Open loop: this connection's due times are staggered so the load is smooth.
     let mut due = plan.interval.map(|iv| plan.start + iv.mul_f64(index as f64 / total as f64));
     loop {
@@ -410,14 +501,8 @@ async fn drive(plan: &Plan, tally: &Mutex<Tally>, index: usize, total: usize) {
         }
         // Latency counts from when the request was due (open loop) or sent (closed loop).
         let from = intended.unwrap_or(sent);
-        let outcome = tokio::time::timeout(plan.timeout, async {
-            if conn.is_none() {
-                conn = Some(Conn::connect(plan.addr).await?);
-            }
-            conn.as_mut().expect("just connected").exchange(&plan.request, plan.head_only).await
-        })
-        .await
-        .unwrap_or(Err(Failure::Timeout));
+        let outcome =
+            tokio::time::timeout(plan.timeout, client.exchange(plan)).await.unwrap_or(Err(Failure::Timeout));
         let finished = Instant::now();
         plan.done.fetch_add(1, Ordering::Relaxed);
         let measured = finished >= plan.measure_from && plan.stop_at.is_none_or(|s| finished <= s);
@@ -433,7 +518,7 @@ async fn drive(plan: &Plan, tally: &Mutex<Tally>, index: usize, total: usize) {
                         *t.status.entry(status).or_default() += 1;
                     }
                     if !reusable {
-                        conn = None;
+                        client.discard();
                     }
                     false
                 }
@@ -441,7 +526,7 @@ async fn drive(plan: &Plan, tally: &Mutex<Tally>, index: usize, total: usize) {
                     if measured {
                         t.errors.count(failure);
                     }
-                    conn = None;
+                    client.discard();
                     failure == Failure::Connect
                 }
             }

@@ -196,14 +196,19 @@ pub struct WeightedClusterSpec {
 #[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
     pub name: String,
-    /// `host:port` of each endpoint.
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<EndpointSpec>,
     pub lb: LbKind,
+    /// Where `ring_hash` and `maglev` take a request's key from; `None` for other balancers.
+    pub hash_on: Option<HashOnSpec>,
     pub connect_timeout_ms: u64,
     /// Idle pooled connections kept per endpoint.
     pub max_idle_per_endpoint: usize,
     /// How long an idle pooled connection is kept before it is closed.
     pub idle_timeout_ms: u64,
+    /// Active health checking; `None` = no checks, every endpoint is healthy.
+    pub health_check: Option<HealthCheckSpec>,
+    /// Below this percentage of healthy endpoints, balance over all of them (0 = never).
+    pub panic_threshold_percent: u32,
     /// The protocol spoken to the endpoints.
     pub protocol: ClusterProtocol,
     /// TLS to the endpoints; none: plaintext.
@@ -232,10 +237,80 @@ pub struct ClientTlsSpec {
     pub client_certificate: Option<CertificateSpec>,
 }
 
+// === load balancing and health (balancing branch) ===
+
+/// An endpoint: `{"address": "host:port", "weight": 1}`. The bare string `"host:port"` is
+/// read as weight 1: the Python host always sends the object, and the short form keeps
+/// hand-written snapshots (tests, tools) short.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum EndpointSpec {
+    Address(String),
+    Weighted(WeightedEndpointSpec),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedEndpointSpec {
+    pub address: String,
+    pub weight: u32,
+}
+
+impl EndpointSpec {
+    pub fn address(&self) -> &str {
+        match self {
+            Self::Address(a) => a,
+            Self::Weighted(w) => &w.address,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self {
+            Self::Address(_) => 1,
+            Self::Weighted(w) => w.weight,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LbKind {
     RoundRobin,
+    Random,
+    LeastRequest,
+    Ewma,
+    RingHash,
+    Maglev,
+}
+
+impl LbKind {
+    /// Whether the balancer places requests by a key (and so needs `hash_on`).
+    pub fn is_hashing(self) -> bool {
+        matches!(self, Self::RingHash | Self::Maglev)
+    }
+}
+
+/// The request key of hashing balancers: exactly one of the three is set.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HashOnSpec {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub source_ip: bool,
+}
+
+/// Active health checking of every endpoint of a cluster: an HTTP `GET path` (when `tcp` is
+/// false) or a TCP connect (when `tcp` is true, and `path` is `None`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    pub tcp: bool,
+    pub path: Option<String>,
+    pub expected_statuses: Vec<u16>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
 }
 
 impl Snapshot {

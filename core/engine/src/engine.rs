@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::http::server;
 use crate::listener::{self, Server};
 use crate::metrics::{Gauge, Metrics};
-use crate::tables::{self, Tables, UpstreamCache};
+use crate::tables::{self, HealthCache, Tables, UpstreamCache};
 
 /// What requests share: the tables and the metrics.
 #[derive(Debug, Default)]
@@ -48,6 +48,8 @@ struct Control {
     listeners: HashMap<String, Running>,
     next_slot: usize,
     upstreams: UpstreamCache,
+    /// The health groups of the serving clusters, whose checkers run.
+    health: HealthCache,
     echoes: Vec<Server>,
     /// Servers told to stop, whose connections may still be finishing.
     stopping: Vec<Server>,
@@ -131,7 +133,8 @@ impl Engine {
             }
         }
 
-        let (tables, upstreams) = tables::compile(snap, &slots, &self.shared.metrics, &control.upstreams)?;
+        let (tables, upstreams) =
+            tables::compile(snap, &slots, &self.shared.metrics, &control.upstreams, &control.health)?;
 
         // Bind every new socket before anything changes; if one fails, the others close.
         let mut bound = Vec::with_capacity(to_bind.len());
@@ -143,12 +146,23 @@ impl Engine {
         }
 
         let version = snap.version;
+        let health: HealthCache =
+            tables.clusters.iter().map(|(name, c)| (name.clone(), Arc::clone(&c.health))).collect();
         self.shared.tables.store(Arc::new(tables));
         self.shared.metrics.config_version.set(i64::try_from(version).unwrap_or(i64::MAX));
         control.upstreams = upstreams;
         control.next_slot = next_slot;
 
         let _entered = self.runtime().enter();
+        // Health checkers: start the new groups, stop those no cluster keeps.
+        for group in health.values() {
+            group.start();
+        }
+        for (name, old) in std::mem::replace(&mut control.health, health) {
+            if !control.health.get(&name).is_some_and(|g| Arc::ptr_eq(g, &old)) {
+                old.stop();
+            }
+        }
         let mut listeners = HashMap::with_capacity(snap.listeners.len());
         for (i, slot, socket) in bound {
             let spec = &snap.listeners[i];
@@ -182,8 +196,15 @@ impl Engine {
             socket,
             Arc::clone(&stats.active_connections),
             Some(stats),
-            move |stream, _peer, stop| {
-                listener::proxy_connection(Arc::clone(&shared), Arc::clone(&builder), slot, stream, stop)
+            move |stream, peer, stop| {
+                listener::proxy_connection(
+                    Arc::clone(&shared),
+                    Arc::clone(&builder),
+                    slot,
+                    stream,
+                    peer,
+                    stop,
+                )
             },
         )
         .map_err(|e| Error::internal(format!("cannot serve listener {name}: {e}")))
@@ -290,11 +311,20 @@ impl Engine {
         for (name, cluster) in &tables.clusters {
             let stats = &cluster.upstream.stats;
             upstream += stats.active_connections.get();
-            let endpoints: Vec<Value> = cluster.endpoints().map(|e| Value::from(e.as_str())).collect();
+            let endpoints: Vec<Value> =
+                cluster.endpoints().map(|e| Value::from(e.authority.as_str())).collect();
+            let endpoint_status: Vec<Value> = cluster
+                .endpoints()
+                .enumerate()
+                .map(|(i, e)| {
+                    json!({"address": e.authority.as_str(), "weight": e.weight, "healthy": cluster.is_healthy(i)})
+                })
+                .collect();
             clusters.insert(
                 name.clone(),
                 json!({
                     "endpoints": endpoints,
+                    "endpoint_status": endpoint_status,
                     "requests_total": metrics.cluster_requests(name),
                     "active_connections": stats.active_connections.get(),
                     "connections_total": stats.connections_total.get(),

@@ -124,6 +124,7 @@ pub(crate) async fn proxy_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     slot: usize,
     stream: TcpStream,
+    peer: SocketAddr,
     stop: Stop,
 ) {
     let kind = {
@@ -135,7 +136,7 @@ pub(crate) async fn proxy_connection(
     };
     let service = {
         let shared = Arc::clone(&shared);
-        service_fn(move |req| proxy::handle(Arc::clone(&shared), slot, req))
+        service_fn(move |req| proxy::handle(Arc::clone(&shared), slot, peer, req))
     };
     match &*kind {
         ListenerKind::Http { tls: None } => server::serve(&builder, stream, service, false, stop).await,

@@ -132,6 +132,13 @@ pub(crate) struct RouteStats {
     pub(crate) duration: Histogram,
 }
 
+/// Active health checks of one cluster, by result.
+#[derive(Debug, Default)]
+pub(crate) struct HealthCheckStats {
+    pub(crate) successes: Counter,
+    pub(crate) failures: Counter,
+}
+
 type TargetKey = (String, String, String);
 
 #[derive(Debug, Default)]
@@ -140,6 +147,9 @@ struct Registry {
     clusters: BTreeMap<String, Arc<ClusterStats>>,
     routes: BTreeMap<(String, String), Arc<RouteStats>>,
     targets: BTreeMap<TargetKey, Arc<StatusCounters>>,
+    /// `(cluster, endpoint)` -> 1 healthy / 0 not.
+    endpoint_health: BTreeMap<(String, String), Arc<Gauge>>,
+    health_checks: BTreeMap<String, Arc<HealthCheckStats>>,
 }
 
 /// Every metric the core keeps. One per engine.
@@ -181,6 +191,15 @@ impl Metrics {
         entry(&mut self.registry().targets, key)
     }
 
+    /// The health gauge of an endpoint of a cluster.
+    pub(crate) fn endpoint_health(&self, cluster: &str, endpoint: &str) -> Arc<Gauge> {
+        entry(&mut self.registry().endpoint_health, (cluster.to_owned(), endpoint.to_owned()))
+    }
+
+    pub(crate) fn health_checks(&self, cluster: &str) -> Arc<HealthCheckStats> {
+        entry(&mut self.registry().health_checks, cluster.to_owned())
+    }
+
     /// Drop series that only the registry holds and that never counted anything: the ones a
     /// refused snapshot registered while it compiled. Series that served keep their values.
     pub(crate) fn forget_unused(&self) {
@@ -188,6 +207,9 @@ impl Metrics {
         reg.targets.retain(|_, c| Arc::strong_count(c) > 1 || c.total() > 0);
         reg.routes.retain(|_, r| Arc::strong_count(r) > 1 || r.duration.snapshot().0.iter().any(|n| *n > 0));
         reg.listeners.retain(|_, l| Arc::strong_count(l) > 1 || l.connections_total.get() > 0);
+        // Health gauges describe endpoints now in the config: only what a cluster holds.
+        reg.endpoint_health.retain(|_, g| Arc::strong_count(g) > 1);
+        reg.health_checks.retain(|_, h| Arc::strong_count(h) > 1 || h.successes.get() + h.failures.get() > 0);
         reg.clusters.retain(|_, c| {
             Arc::strong_count(c) > 1 || c.connections_total.get() > 0 || c.connect_failures.get() > 0
         });
@@ -289,6 +311,36 @@ impl Metrics {
         );
         for (c, s) in &reg.clusters {
             sample(&mut out, "upstream_errors_total", &[("cluster", c)], &[], s.upstream_errors.get());
+        }
+
+        header(
+            &mut out,
+            "endpoint_healthy",
+            "gauge",
+            "Whether an endpoint is in rotation by its health (1) or out of it (0).",
+        );
+        for ((c, e), g) in &reg.endpoint_health {
+            // Only endpoints of the config now serving: a gauge nothing holds is stale.
+            if Arc::strong_count(g) > 1 {
+                sample_i(&mut out, "endpoint_healthy", &[("cluster", c), ("endpoint", e)], g.get());
+            }
+        }
+        header(&mut out, "health_checks_total", "counter", "Active health checks, by result.");
+        for (c, h) in &reg.health_checks {
+            sample(
+                &mut out,
+                "health_checks_total",
+                &[("cluster", c)],
+                &[("result", "success")],
+                h.successes.get(),
+            );
+            sample(
+                &mut out,
+                "health_checks_total",
+                &[("cluster", c)],
+                &[("result", "failure")],
+                h.failures.get(),
+            );
         }
 
         header(&mut out, "tls_handshake_failures_total", "counter", "Downstream TLS handshakes that failed.");

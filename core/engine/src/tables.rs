@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::health::HealthGroup;
 use crate::cluster::Cluster;
 use crate::config::{ListenerProtocol, ListenerSpec, RouteSpec, Snapshot, WeightedClusterSpec};
 use crate::error::Error;
@@ -64,6 +65,10 @@ impl Tables {
 /// whose pool settings did not change keeps its warm connections.
 pub(crate) type UpstreamCache = HashMap<String, Arc<Upstream>>;
 
+/// The health groups by cluster name, kept from one apply to the next so that a cluster whose
+/// health checks and endpoints did not change keeps its checkers and what they found.
+pub(crate) type HealthCache = HashMap<String, Arc<HealthGroup>>;
+
 /// Compile `snap`. `slots[i]` is the slot of `snap.listeners[i]`. Answers the tables and the
 /// upstream cache to keep if they are swapped in.
 pub(crate) fn compile(
@@ -71,6 +76,7 @@ pub(crate) fn compile(
     slots: &[usize],
     metrics: &Metrics,
     old_upstreams: &UpstreamCache,
+    old_health: &HealthCache,
 ) -> Result<(Tables, UpstreamCache), Error> {
     let mut upstreams = UpstreamCache::new();
     let mut clusters = BTreeMap::new();
@@ -100,7 +106,8 @@ pub(crate) fn compile(
             _ => Arc::new(Upstream::new(settings, tls, metrics.cluster(&spec.name))),
         };
         upstreams.insert(spec.name.clone(), Arc::clone(&upstream));
-        clusters.insert(spec.name.clone(), Arc::new(Cluster::compile(spec, &path, upstream)?));
+        let cluster = Cluster::compile(spec, &path, upstream, old_health.get(&spec.name), metrics)?;
+        clusters.insert(spec.name.clone(), Arc::new(cluster));
     }
 
     let max_slot = slots.iter().copied().max().map_or(0, |m| m + 1);

@@ -149,7 +149,11 @@ async fn peek_sni(stream: &TcpStream) -> io::Result<Option<String>> {
 /// Connect to an endpoint of `cluster` and copy bytes both ways until both sides are done
 /// (each direction's end is passed on as a half-close) or nothing moved for `idle`.
 async fn relay(mut down: TcpStream, cluster: &Cluster, idle: Duration) -> io::Result<()> {
-    let endpoint = cluster.pick();
+    // --- load balancing: the connection counts in flight on its endpoint until it ends.
+    let peer = down.peer_addr()?;
+    let Some((endpoint, _in_flight)) = cluster.pick_connection(peer) else {
+        return Err(io::ErrorKind::ConnectionRefused.into()); // no endpoint in rotation
+    };
     let stats = &cluster.upstream.stats;
     let target =
         (endpoint.host().trim_start_matches('[').trim_end_matches(']'), endpoint.port_u16().unwrap_or(0));

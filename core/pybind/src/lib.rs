@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use pymesh_engine::bench::{self, BenchOptions, BenchResult};
+use pymesh_engine::bench::{self, BenchOptions, BenchResult, BenchTls};
 use pymesh_engine::{Engine, EngineOptions, Error, ErrorKind};
 
 create_exception!(
@@ -97,7 +97,7 @@ impl PyCore {
 #[pyo3(signature = (
     url, *, connections=10, threads=1, duration_s=None, requests=None, rate=None,
     method="GET".to_owned(), headers=Vec::new(), body=Vec::new(), timeout_s=10.0, warmup_s=0.0,
-    progress=false,
+    progress=false, http2=false, streams=1, cacert=None, insecure=false, cert=None, key=None,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn run_bench<'py>(
@@ -114,7 +114,18 @@ fn run_bench<'py>(
     timeout_s: f64,
     warmup_s: f64,
     progress: bool,
+    http2: bool,
+    streams: usize,
+    cacert: Option<String>,
+    insecure: bool,
+    cert: Option<String>,
+    key: Option<String>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let client_cert = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err(PyValueError::new_err("cert: give both cert and key, or neither")),
+    };
     let secs = |name: &str, v: f64| {
         Duration::try_from_secs_f64(v)
             .map_err(|_| PyValueError::new_err(format!("{name}: must be a non-negative number of seconds")))
@@ -132,6 +143,9 @@ fn run_bench<'py>(
         timeout: secs("timeout", timeout_s)?,
         warmup: secs("warmup", warmup_s)?,
         progress,
+        http2,
+        streams,
+        tls: BenchTls { ca: cacert, insecure, cert: client_cert },
     };
     let result = py.detach(|| bench::run(&opts)).map_err(|e| PyValueError::new_err(e.to_string()))?;
     result_dict(py, &result)

@@ -8,10 +8,10 @@
 //! `Connection: close`.
 
 use std::io;
-use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use super::transport::{Io, Transport};
 
 /// Why a request failed, in the categories the report counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,14 +35,13 @@ const MAX_HEADERS: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
 
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: Io,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    pub(crate) async fn connect(addr: SocketAddr) -> Result<Self, Failure> {
-        let stream = TcpStream::connect(addr).await.map_err(|_| Failure::Connect)?;
-        let _ = stream.set_nodelay(true);
+    pub(crate) async fn connect(transport: &Transport) -> Result<Self, Failure> {
+        let stream = transport.connect().await?;
         Ok(Self { stream, buf: Vec::with_capacity(READ_CHUNK) })
     }
 

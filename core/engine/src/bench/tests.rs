@@ -87,9 +87,93 @@ fn bad_options_are_refused_with_the_option_named() {
     let base =
         BenchOptions { url: "http://127.0.0.1:1/".into(), requests: Some(1), ..BenchOptions::default() };
     assert_eq!(bad(BenchOptions { url: "ftp://x/".into(), ..base.clone() }), "url");
+    assert_eq!(bad(BenchOptions { streams: 4, ..base.clone() }), "streams");
     assert_eq!(bad(BenchOptions { connections: 0, ..base.clone() }), "connections");
     assert_eq!(bad(BenchOptions { requests: None, ..base.clone() }), "duration");
     assert_eq!(bad(BenchOptions { rate: Some(0.0), ..base.clone() }), "rate");
     assert_eq!(bad(BenchOptions { method: "get me".into(), ..base.clone() }), "method");
     assert_eq!(bad(BenchOptions { headers: vec![("a".into(), "b\r\nc".into())], ..base }), "headers");
+}
+
+#[test]
+fn http2_multiplexes_streams_over_few_connections() {
+    let (_e, addr) = echo();
+    let opts = BenchOptions {
+        url: format!("http://{addr}/?size=2000"),
+        connections: 2,
+        streams: 8,
+        http2: true,
+        requests: Some(800),
+        ..BenchOptions::default()
+    };
+    let r = run(&opts).unwrap();
+    assert_eq!((r.requests, r.errors.total()), (800, 0), "{:?}", r.errors);
+    assert_eq!(r.status.get(&200), Some(&800));
+    assert_eq!(r.bytes, 800 * 2000);
+    let post = BenchOptions { method: "POST".into(), body: vec![b'p'; 300_000], requests: Some(20), ..opts };
+    let r = run(&post).unwrap();
+    assert_eq!((r.requests, r.bytes), (20, 20 * 300_000));
+}
+
+/// A proxy listener with TLS in front of an echo upstream; answers the engine, the listener's
+/// port, and the CA file that verifies it.
+fn tls_proxy(dir: &std::path::Path) -> (Engine, u16, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_file, key_file) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let e = Engine::new(EngineOptions { workers: Some(1) }).unwrap();
+    let up = e.start_echo("127.0.0.1:0", Some("tls")).unwrap();
+    let snap = format!(
+        r#"{{"version": 1, "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "protocol": "http",
+            "routes": [{{"name": "all", "match": {{"host": null, "path": null, "path_prefix": "/", "path_regex": null,
+                "methods": [], "headers": [], "query": []}},
+              "to": [{{"cluster": "c", "weight": 1}}], "direct_response": null, "redirect": null,
+              "rewrite": {{"path_prefix": null, "host": null}},
+              "request_headers": {{"set": [], "add": [], "remove": []}},
+              "response_headers": {{"set": [], "add": [], "remove": []}}}}],
+            "tls": {{"certificates": [{{"cert": "{}", "key": "{}"}}], "alpn": ["h2", "http/1.1"],
+                    "min_version": "1.2", "client_ca": null, "require_client_certificate": false}},
+            "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}],
+          "clusters": [{{"name": "c", "endpoints": ["{up}"], "lb": "round_robin", "connect_timeout_ms": 500,
+            "max_idle_per_endpoint": 8, "idle_timeout_ms": 1000, "protocol": "http1", "tls": null,
+            "hash_on": null, "health_check": null, "panic_threshold_percent": 50}}]}}"#,
+        cert_file.display(),
+        key_file.display()
+    );
+    e.apply_json(&snap).unwrap();
+    let port = e.listeners()[0].1.port();
+    (e, port, cert_file.display().to_string())
+}
+
+#[test]
+fn https_with_a_ca_file_and_insecure_over_both_versions() {
+    let dir = std::env::temp_dir().join(format!("pymesh-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_e, port, ca) = tls_proxy(&dir);
+    for http2 in [false, true] {
+        let verified = BenchOptions {
+            url: format!("https://localhost:{port}/"),
+            connections: 2,
+            requests: Some(100),
+            http2,
+            tls: BenchTls { ca: Some(ca.clone()), ..BenchTls::default() },
+            ..BenchOptions::default()
+        };
+        let r = run(&verified).unwrap();
+        assert_eq!((r.requests, r.errors.total()), (100, 0), "http2={http2}: {:?}", r.errors);
+        // Without the CA the handshake fails; with --insecure it goes through.
+        let untrusted = BenchOptions {
+            tls: BenchTls::default(),
+            requests: None,
+            duration: Some(Duration::from_millis(200)),
+            ..verified.clone()
+        };
+        let r = run(&untrusted).unwrap();
+        assert_eq!(r.requests, 0);
+        assert!(r.errors.connect > 0);
+        let insecure = BenchOptions { tls: BenchTls { insecure: true, ..BenchTls::default() }, ..verified };
+        assert_eq!(run(&insecure).unwrap().requests, 100);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

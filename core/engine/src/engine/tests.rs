@@ -77,7 +77,8 @@ fn cluster(name: &str, endpoints: &[SocketAddr]) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
         r#"{{"name": "{name}", "endpoints": [{}], "lb": "round_robin", "connect_timeout_ms": 500,
-            "max_idle_per_endpoint": 16, "idle_timeout_ms": 30000, "protocol": "http1", "tls": null}}"#,
+            "max_idle_per_endpoint": 16, "idle_timeout_ms": 30000, "hash_on": null,
+            "health_check": null, "panic_threshold_percent": 50, "protocol": "http1", "tls": null}}"#,
         eps.join(",")
     )
 }

@@ -10,11 +10,12 @@
 //! upstream answers 101, the two connections are spliced until either side closes.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{CONNECTION, HOST, UPGRADE};
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -26,10 +27,11 @@ use crate::cluster::Cluster;
 use crate::engine::Shared;
 use crate::router::{RouteAction, Target};
 
-/// Serve one request that arrived on the listener in `slot`.
+/// Serve one request that arrived on the listener in `slot` from the client at `peer`.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     slot: usize,
+    peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -52,7 +54,16 @@ pub(crate) async fn handle(
         }
     };
 
-    let mut resp = match upstream_uri(&target, &mut req) {
+    // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on it
+    // (least_request, ewma) until the response head is back. No endpoint in rotation: 503.
+    let Some((endpoint, mut in_flight)) = target.cluster.pick(&req, peer) else {
+        let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+        target.counters.record(resp.status().as_u16());
+        target.route_stats.duration.record(start.elapsed());
+        return Ok(resp);
+    };
+    // --- end load balancing
+    let mut resp = match upstream_uri(&target, endpoint, &mut req) {
         Ok(uri) => {
             *req.uri_mut() = uri;
             // --- routing: host rewrite and request header edits ---
@@ -61,6 +72,11 @@ pub(crate) async fn handle(
         }
         Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
     };
+    // --- load balancing: a local 502/503 here means the endpoint gave no answer (connect
+    // failure, reset), which ewma must not take for a fast one.
+    if matches!(resp.body(), Either::Right(_)) && resp.status().is_server_error() {
+        in_flight.failed();
+    }
     // --- routing: response header edits ---
     target.actions.apply_response(resp.headers_mut());
     target.counters.record(resp.status().as_u16());
@@ -68,12 +84,11 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-/// The request's URI pointed at the next endpoint of the target's cluster, with the route's
-/// path rewrite. An HTTP/2 request carries its host only as `:authority`; it becomes the
+/// The request's URI pointed at `endpoint` of the target's cluster, with the route's path
+/// rewrite. An HTTP/2 request carries its host only as `:authority`; it becomes the
 /// `Host` header before the URI is rewritten.
-fn upstream_uri(target: &Target, req: &mut Request<Incoming>) -> Result<Uri, ()> {
+fn upstream_uri(target: &Target, endpoint: &Authority, req: &mut Request<Incoming>) -> Result<Uri, ()> {
     let cluster = &target.cluster;
-    let endpoint = cluster.pick().clone();
     if !req.headers().contains_key(HOST) {
         if let Some(authority) = req.uri().authority() {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -83,7 +98,7 @@ fn upstream_uri(target: &Target, req: &mut Request<Incoming>) -> Result<Uri, ()>
     }
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(cluster.upstream.scheme.clone());
-    parts.authority = Some(endpoint);
+    parts.authority = Some(endpoint.clone());
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }

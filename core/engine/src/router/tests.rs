@@ -1,5 +1,7 @@
 use super::*;
-use crate::config::{ClusterProtocol, ClusterSpec, LbKind, MatchSpec, RedirectSpec, RewriteSpec};
+use crate::config::{
+    ClusterProtocol, ClusterSpec, EndpointSpec, LbKind, MatchSpec, RedirectSpec, RewriteSpec,
+};
 use crate::http::actions::tests_support::header_actions;
 use crate::http::actions::{ForwardActions, HeaderActions, Local};
 use crate::http::client::{PoolSettings, Upstream};
@@ -13,11 +15,14 @@ use std::time::{Duration, Instant};
 fn target(cluster: &str) -> Arc<Target> {
     let spec = ClusterSpec {
         name: cluster.into(),
-        endpoints: vec!["127.0.0.1:1".into()],
+        endpoints: vec![EndpointSpec::Address("127.0.0.1:1".into())],
         lb: LbKind::RoundRobin,
         connect_timeout_ms: 1000,
         max_idle_per_endpoint: 1,
         idle_timeout_ms: 1000,
+        hash_on: None,
+        health_check: None,
+        panic_threshold_percent: 50,
         protocol: ClusterProtocol::Http1,
         tls: None,
     };
@@ -29,7 +34,10 @@ fn target(cluster: &str) -> Arc<Target> {
     };
     let upstream = Arc::new(Upstream::new(settings, None, Arc::default()));
     Arc::new(Target {
-        cluster: Arc::new(Cluster::compile(&spec, "clusters.0", upstream).unwrap()),
+        cluster: Arc::new(
+            Cluster::compile(&spec, "clusters.0", upstream, None, &crate::metrics::Metrics::default())
+                .unwrap(),
+        ),
         counters: Arc::default(),
         route_stats: Arc::default(),
         actions: Arc::default(),

@@ -44,16 +44,18 @@ fn with_route(fields: Value) -> Snapshot {
 }
 
 const CLUSTER_A: &str = r#"{"name": "a", "endpoints": ["127.0.0.1:9"], "lb": "round_robin",
-    "connect_timeout_ms": 100, "max_idle_per_endpoint": 4, "idle_timeout_ms": 1000, "protocol": "http1", "tls": null}"#;
+    "connect_timeout_ms": 100, "max_idle_per_endpoint": 4, "idle_timeout_ms": 1000,
+    "hash_on": null, "health_check": null, "panic_threshold_percent": 50, "protocol": "http1", "tls": null}"#;
 
 fn compile_err(snap: &Snapshot) -> Error {
-    compile(snap, &[0], &Metrics::default(), &UpstreamCache::new()).unwrap_err()
+    compile(snap, &[0], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new()).unwrap_err()
 }
 
 #[test]
 fn a_valid_snapshot_compiles_into_the_listener_slot() {
     let snap = snapshot("", CLUSTER_A);
-    let (tables, upstreams) = compile(&snap, &[3], &Metrics::default(), &UpstreamCache::new()).unwrap();
+    let (tables, upstreams) =
+        compile(&snap, &[3], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new()).unwrap();
     assert_eq!(tables.version, 4);
     assert!(tables.listener(3).is_some());
     assert!(tables.listener(0).is_none());
@@ -103,7 +105,7 @@ fn a_route_has_exactly_one_action() {
         assert_eq!(compile_err(&with_route(fields.clone())).path, "listeners.0.routes.1", "{fields}");
     }
     let ok = with_route(json!({"to": [], "redirect": redirect}));
-    assert!(compile(&ok, &[0], &Metrics::default(), &UpstreamCache::new()).is_ok());
+    assert!(compile(&ok, &[0], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new()).is_ok());
     let rewrite = with_route(json!({"to": [], "direct_response": direct.clone(),
                                     "rewrite": {"path_prefix": "/x", "host": null}}));
     assert_eq!(compile_err(&rewrite).path, "listeners.0.routes.1.rewrite");
@@ -147,11 +149,91 @@ fn unknown_snapshot_fields_are_refused() {
 fn unchanged_pool_settings_keep_the_upstream_client() {
     let metrics = Metrics::default();
     let snap = snapshot("", CLUSTER_A);
-    let (_, first) = compile(&snap, &[0], &metrics, &UpstreamCache::new()).unwrap();
-    let (_, second) = compile(&snap, &[0], &metrics, &first).unwrap();
+    let (_, first) = compile(&snap, &[0], &metrics, &UpstreamCache::new(), &HealthCache::new()).unwrap();
+    let (_, second) = compile(&snap, &[0], &metrics, &first, &HealthCache::new()).unwrap();
     assert!(Arc::ptr_eq(&first["a"], &second["a"]));
     let changed =
         snapshot("", &CLUSTER_A.replace("\"max_idle_per_endpoint\": 4", "\"max_idle_per_endpoint\": 5"));
-    let (_, third) = compile(&changed, &[0], &metrics, &second).unwrap();
+    let (_, third) = compile(&changed, &[0], &metrics, &second, &HealthCache::new()).unwrap();
     assert!(!Arc::ptr_eq(&second["a"], &third["a"]));
+}
+
+fn health_of(tables: &Tables) -> HealthCache {
+    tables.clusters.iter().map(|(n, c)| (n.clone(), Arc::clone(&c.health))).collect()
+}
+
+const CHECKED: &str = r#"{"name": "a", "endpoints": [{"address": "127.0.0.1:9", "weight": 2}, "127.0.0.1:10"],
+    "lb": "ring_hash", "hash_on": {"header": "x-user", "cookie": null, "source_ip": false},
+    "connect_timeout_ms": 100, "max_idle_per_endpoint": 4, "idle_timeout_ms": 1000,
+    "health_check": {"tcp": true, "path": null, "expected_statuses": [], "interval_ms": 1000,
+                     "timeout_ms": 100, "healthy_threshold": 2, "unhealthy_threshold": 3},
+    "panic_threshold_percent": 50, "protocol": "http1", "tls": null}"#;
+
+#[test]
+fn unchanged_health_checks_and_endpoints_keep_the_health_group() {
+    let metrics = Metrics::default();
+    let snap = snapshot("", CHECKED);
+    let (first, ups) = compile(&snap, &[0], &metrics, &UpstreamCache::new(), &HealthCache::new()).unwrap();
+    // A weight or balancer change keeps what the checks found.
+    let reweighted = snapshot("", &CHECKED.replace("\"weight\": 2", "\"weight\": 5"));
+    let (second, ups) = compile(&reweighted, &[0], &metrics, &ups, &health_of(&first)).unwrap();
+    assert!(Arc::ptr_eq(&first.clusters["a"].health, &second.clusters["a"].health));
+    // New endpoints or new check settings start over.
+    let moved = snapshot("", &CHECKED.replace("127.0.0.1:10", "127.0.0.1:11"));
+    let (third, ups) = compile(&moved, &[0], &metrics, &ups, &health_of(&second)).unwrap();
+    assert!(!Arc::ptr_eq(&second.clusters["a"].health, &third.clusters["a"].health));
+    let slower = snapshot("", &CHECKED.replace("\"interval_ms\": 1000", "\"interval_ms\": 2000"));
+    let (fourth, _) = compile(&slower, &[0], &metrics, &ups, &health_of(&first)).unwrap();
+    assert!(!Arc::ptr_eq(&first.clusters["a"].health, &fourth.clusters["a"].health));
+}
+
+#[test]
+fn balancing_and_health_fields_are_checked_with_their_paths() {
+    let cases = [
+        (CHECKED.replace("\"weight\": 2", "\"weight\": 0"), "clusters.0.endpoints.0.weight"),
+        (CHECKED.replace("\"weight\": 2", "\"weight\": 1001"), "clusters.0.endpoints.0.weight"),
+        (CHECKED.replace("127.0.0.1:10", "127.0.0.1:9"), "clusters.0.endpoints.1"),
+        (CHECKED.replace("\"cookie\": null", "\"cookie\": \"s\""), "clusters.0.hash_on"),
+        (CHECKED.replace("\"x-user\"", "\"bad header\""), "clusters.0.hash_on.header"),
+        (CHECKED.replace("\"lb\": \"ring_hash\"", "\"lb\": \"random\""), "clusters.0.hash_on"),
+        (
+            CHECKED.replace(r#"{"header": "x-user", "cookie": null, "source_ip": false}"#, "null"),
+            "clusters.0.hash_on",
+        ),
+        (CHECKED.replace("\"path\": null", "\"path\": \"/x\""), "clusters.0.health_check"),
+        (
+            CHECKED.replace("\"tcp\": true, \"path\": null", "\"tcp\": false, \"path\": \"/x\""),
+            "clusters.0.health_check.expected_statuses",
+        ),
+        (
+            CHECKED.replace("\"interval_ms\": 1000", "\"interval_ms\": 0"),
+            "clusters.0.health_check.interval_ms",
+        ),
+        (
+            CHECKED.replace("\"unhealthy_threshold\": 3", "\"unhealthy_threshold\": 0"),
+            "clusters.0.health_check.unhealthy_threshold",
+        ),
+        (
+            CHECKED.replace("\"panic_threshold_percent\": 50", "\"panic_threshold_percent\": 101"),
+            "clusters.0.panic_threshold_percent",
+        ),
+    ];
+    let h2 = CHECKED
+        .replace("\"tcp\": true, \"path\": null", "\"tcp\": false, \"path\": \"/h\"")
+        .replace("\"expected_statuses\": []", "\"expected_statuses\": [200]")
+        .replace("\"protocol\": \"http1\"", "\"protocol\": \"http2\"");
+    assert_eq!(compile_err(&snapshot("", &h2)).path, "clusters.0.health_check");
+    // TCP checks suit any cluster.
+    let tcp_h2 = CHECKED.replace("\"protocol\": \"http1\"", "\"protocol\": \"http2\"");
+    assert!(compile(
+        &snapshot("", &tcp_h2),
+        &[0],
+        &Metrics::default(),
+        &UpstreamCache::new(),
+        &HealthCache::new()
+    )
+    .is_ok());
+    for (text, path) in cases {
+        assert_eq!(compile_err(&snapshot("", &text)).path, path, "{text}");
+    }
 }
