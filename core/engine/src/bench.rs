@@ -487,11 +487,19 @@ async fn drive(plan: &Plan, tally: &Mutex<Tally>, mut client: Client, index: usi
                 if plan.stop_at.is_some_and(|stop| d >= stop) {
                     return;
                 }
-                // Behind schedule (the target stalled): no sleep, and the stall is counted
-                // against this request, whose due time has passed.
-                tokio::time::sleep_until(d.into()).await;
                 due = Some(d + iv);
-                Some(d)
+                if Instant::now() < d {
+                    // On schedule: wait for the due time. The timer wakes up to a millisecond
+                    // late (tokio's resolution); that lateness is the generator's, not the
+                    // target's, so such a request counts from when it is sent.
+                    tokio::time::sleep_until(d.into()).await;
+                    None
+                } else {
+                    // Behind schedule because this connection was still waiting for the
+                    // target: the stall counts against this request, from its due time
+                    // (coordinated-omission correction).
+                    Some(d)
+                }
             }
             _ => None,
         };
@@ -499,7 +507,7 @@ async fn drive(plan: &Plan, tally: &Mutex<Tally>, mut client: Client, index: usi
         if !plan.claim(sent) {
             return;
         }
-        // Latency counts from when the request was due (open loop) or sent (closed loop).
+        // Latency counts from when the request was due (when the target made it late) or sent.
         let from = intended.unwrap_or(sent);
         let outcome =
             tokio::time::timeout(plan.timeout, client.exchange(plan)).await.unwrap_or(Err(Failure::Timeout));

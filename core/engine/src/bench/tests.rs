@@ -177,3 +177,22 @@ fn https_with_a_ca_file_and_insecure_over_both_versions() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn open_loop_charges_a_slow_target_from_each_due_time() {
+    let (_e, addr) = echo();
+    // One connection due every 10 ms, against answers that take 30 ms: the connection falls
+    // further behind with each request, and coordinated-omission correction must show it
+    // (latency from the due time), not 30 ms per request.
+    let opts = BenchOptions {
+        url: format!("http://{addr}/?delay=30ms"),
+        connections: 1,
+        duration: Some(Duration::from_secs(1)),
+        rate: Some(100.0),
+        ..BenchOptions::default()
+    };
+    let r = run(&opts).unwrap();
+    assert!(r.requests >= 20, "{} requests", r.requests);
+    assert!(r.latency_us.p50 > 150_000, "p50 {} µs should include the backlog", r.latency_us.p50);
+    assert!(r.latency_us.max > 400_000, "max {} µs", r.latency_us.max);
+}
