@@ -399,3 +399,31 @@ def test_dead_endpoint_stats_pass_through(mesh: Callable[..., Mesh]) -> None:
     assert state["endpoints"][0]["address"] == dead
     # health is what the core reports, or null when it reports none
     assert state["endpoints"][0]["healthy"] in (None, True, False)
+
+
+def test_policies_follow_the_config_model(
+    echo: Callable[..., Echo], mesh: Callable[..., Mesh]
+) -> None:
+    """/policies is the config's mesh-wide `defaults` section when the model has one."""
+    from pymesh.config import MeshConfig  # noqa: PLC0415
+
+    a, b = echo("a"), echo("b")
+    m = mesh(two_clusters(a, b))
+    paths = m.get("/openapi.json").json()["paths"]
+    if "defaults" not in MeshConfig.model_fields:
+        assert "/policies" not in paths
+        assert m.get("/policies").status_code == 404
+        return
+    assert "/policies" in paths
+    r = m.get("/policies")
+    assert r.status_code == 200, r.text
+    defaults = r.json()
+    assert defaults == m.config()["defaults"]
+    r = m.admin.put("/policies", json=defaults, headers={"If-Match": '"1"'})
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == 2
+    assert m.get("/policies").json() == defaults
+    r = m.admin.put("/policies", json={"no-such-field": 1})
+    assert r.status_code == 422
+    assert all(e["loc"].startswith("defaults") for e in r.json()["errors"])
+    assert m.ready()["version"] == 2
