@@ -15,7 +15,7 @@ from pymesh.api.export import FILES, render
 
 API_DIR = Path(__file__).resolve().parent.parent / "api"
 ST = str(Path(sys.executable).parent / "st")
-SCHEMATHESIS_SECONDS = 15
+SCHEMATHESIS_SECONDS = 10
 
 
 def test_committed_contract_files_match_the_code() -> None:
