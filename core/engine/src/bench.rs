@@ -478,6 +478,9 @@ impl Client {
 async fn drive(plan: &Plan, tally: &Mutex<Tally>, mut client: Client, index: usize, total: usize) {
     // Open loop: this connection's due times are staggered so the load is smooth.
     let mut due = plan.interval.map(|iv| plan.start + iv.mul_f64(index as f64 / total as f64));
+    // One timer per loop, re-armed for each request: cheaper than a new timeout each time.
+    let deadline = tokio::time::sleep(plan.timeout);
+    tokio::pin!(deadline);
     loop {
         if plan.should_stop(Instant::now()) {
             return;
@@ -509,8 +512,12 @@ async fn drive(plan: &Plan, tally: &Mutex<Tally>, mut client: Client, index: usi
         }
         // Latency counts from when the request was due (when the target made it late) or sent.
         let from = intended.unwrap_or(sent);
-        let outcome =
-            tokio::time::timeout(plan.timeout, client.exchange(plan)).await.unwrap_or(Err(Failure::Timeout));
+        deadline.as_mut().reset((sent + plan.timeout).into());
+        let outcome = tokio::select! {
+            biased;
+            outcome = client.exchange(plan) => outcome,
+            () = &mut deadline => Err(Failure::Timeout),
+        };
         let finished = Instant::now();
         plan.done.fetch_add(1, Ordering::Relaxed);
         let measured = finished >= plan.measure_from && plan.stop_at.is_none_or(|s| finished <= s);
