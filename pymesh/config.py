@@ -28,7 +28,13 @@ from pydantic import (
 )
 
 from pymesh._core import regex_error
-from pymesh.addresses import Endpoint, ListenAddress, check_endpoint, listen_key
+from pymesh.addresses import (
+    Endpoint,
+    ListenAddress,
+    check_endpoint,
+    listen_key,
+    split_host_port,
+)
 from pymesh.documents import DocumentError, parse_document
 from pymesh.durations import Duration
 from pymesh.errors import ConfigError, ErrorItem
@@ -37,6 +43,7 @@ __all__ = [
     "FILE_LOC",
     "ROOT_LOC",
     "AdminConfig",
+    "AdminTls",
     "Certificate",
     "Cluster",
     "ClusterTls",
@@ -97,14 +104,36 @@ class _Model(BaseModel):
 # === admin ===
 
 
+class AdminTls(_Model):
+    """TLS for the admin API (required to listen on a non-loopback address)."""
+
+    cert: str = Field(min_length=1, description="PEM file: the certificate chain, leaf first.")
+    key: str = Field(min_length=1, description="PEM file: the private key.")
+
+
 class AdminConfig(_Model):
     """Where the admin API (health, config, stats, metrics) listens."""
 
     listen: ListenAddress = Field(
         default="127.0.0.1:9901",
         description="IP address and port of the admin API; port 0 lets the OS choose. "
-        "Read at start only; the `--admin` flag wins over it.",
+        "Read at start only; the `--admin` flag wins over it. A non-loopback address needs "
+        "`tls`.",
     )
+    tls: AdminTls | None = Field(
+        default=None,
+        description="Serve the admin API over HTTPS with this certificate. Read at start only.",
+    )
+
+    @model_validator(mode="after")
+    def _remote_needs_tls(self) -> AdminConfig:
+        host = split_host_port(self.listen)[0]
+        if self.tls is None and not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(
+                f"listen: {self.listen} is not a loopback address; the admin API serves "
+                "tokens and config, so a non-loopback address needs admin.tls"
+            )
+        return self
 
 
 # === listeners and routes ===

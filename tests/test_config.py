@@ -82,7 +82,7 @@ def test_duration_fields_validate_and_serialise_as_strings() -> None:
 
 def test_defaults() -> None:
     assert MeshConfig().model_dump(mode="json") == {
-        "admin": {"listen": "127.0.0.1:9901"},
+        "admin": {"listen": "127.0.0.1:9901", "tls": None},
         "workers": None,
         "drain_timeout": "5s",
         "listeners": [],
