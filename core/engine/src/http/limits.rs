@@ -4,8 +4,8 @@
 //! chunk sizes, obs-fold, bare CR, header count and head size on HTTP/1, the header list
 //! size and stream concurrency on HTTP/2) and answers or resets before a request reaches
 //! the proxy. [`admit`] adds what it does not: the header count on HTTP/2, the Host rules
-//! (exactly one Host on HTTP/1.1; an absolute-form target wins over Host; HTTP/2's Host must
-//! agree with `:authority`), and the request body limit, up front by Content-Length and
+//! (exactly one Host on HTTP/1.1; an absolute-form target wins over Host; HTTP/2's
+//! `:authority` wins over Host), and the request body limit, up front by Content-Length and
 //! while the body streams ([`RequestBody`]).
 
 use std::error::Error as StdError;
@@ -136,9 +136,11 @@ pub(crate) fn admit(
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host, and a proxy given an
-/// absolute-form target replaces Host with the target's authority. RFC 9113 §8.3.1: an
-/// HTTP/2 request whose Host differs from `:authority` is malformed. The router and the
-/// upstream then see the same host.
+/// absolute-form target replaces Host with the target's authority. An HTTP/2 request whose
+/// Host differs from `:authority` (RFC 9113 §8.3.1: SHOULD be malformed) gets the same
+/// treatment rather than a 400, because this proxy itself sends such requests over HTTP/2
+/// upstreams (`:authority` is the endpoint). Either way the router and the upstream see the
+/// same host.
 fn check_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let host = hosts.next();
@@ -150,9 +152,6 @@ fn check_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     }
     match (req.uri().authority(), host) {
         (Some(authority), Some(h)) if !authority.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
-            if req.version() == Version::HTTP_2 {
-                return Err("Host does not match :authority\n");
-            }
             let value = HeaderValue::from_str(authority.as_str()).map_err(|_| "invalid request target\n")?;
             req.headers_mut().insert(HOST, value);
         }
