@@ -416,6 +416,14 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "to": [],
                 "sni_routes": [],
                 "idle_timeout_ms": 3600000,
+                "limits": {
+                    "max_request_headers": 100,
+                    "max_request_header_bytes": 61440,
+                    "header_read_timeout_ms": 30000,
+                    "idle_timeout_ms": 3600000,
+                    "max_concurrent_streams": 100,
+                    "max_request_body_bytes": None,
+                },
             }
         ],
         "clusters": [

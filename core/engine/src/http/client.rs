@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -19,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 use tower_service::Service;
 
+use super::limits::RequestBody;
 use crate::config::ClusterProtocol;
 use crate::metrics::{ClusterStats, GaugeGuard};
 
@@ -36,8 +36,8 @@ pub(crate) struct PoolSettings {
 /// connector, so the plaintext path pays nothing for TLS.
 #[derive(Debug)]
 enum Pool {
-    Plain(Client<CountingConnector<HttpConnector>, Incoming>),
-    Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, Incoming>),
+    Plain(Client<CountingConnector<HttpConnector>, RequestBody>),
+    Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, RequestBody>),
 }
 
 /// A cluster's pooled client and its statistics.
@@ -104,7 +104,7 @@ impl Upstream {
     }
 
     #[inline]
-    pub(crate) fn request(&self, req: http::Request<Incoming>) -> ResponseFuture {
+    pub(crate) fn request(&self, req: http::Request<RequestBody>) -> ResponseFuture {
         match &self.pool {
             Pool::Plain(c) => c.request(req),
             Pool::Tls(c) => c.request(req),

@@ -18,13 +18,14 @@ use http::header::{CONNECTION, HOST, UPGRADE};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::headers::strip_hop_by_hop;
+use super::limits::{DownstreamBodyError, Refused, RequestBody};
 use super::{local_reply, ProxyBody};
 use crate::cluster::Cluster;
 use crate::engine::Shared;
+use crate::metrics::ProtocolErrorKind;
 use crate::router::{RouteAction, Target};
 
 /// Serve one request that arrived on the listener in `slot` from the client at `peer`.
@@ -32,7 +33,7 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     slot: usize,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let target = {
@@ -87,7 +88,7 @@ pub(crate) async fn handle(
 /// The request's URI pointed at `endpoint` of the target's cluster, with the route's path
 /// rewrite. An HTTP/2 request carries its host only as `:authority`; it becomes the
 /// `Host` header before the URI is rewritten.
-fn upstream_uri(target: &Target, endpoint: &Authority, req: &mut Request<Incoming>) -> Result<Uri, ()> {
+fn upstream_uri(target: &Target, endpoint: &Authority, req: &mut Request<RequestBody>) -> Result<Uri, ()> {
     let cluster = &target.cluster;
     if !req.headers().contains_key(HOST) {
         if let Some(authority) = req.uri().authority() {
@@ -110,7 +111,7 @@ fn upstream_uri(target: &Target, endpoint: &Authority, req: &mut Request<Incomin
 }
 
 /// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` plus `Upgrade: ...`)?
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade(req: &Request<RequestBody>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && req
@@ -120,7 +121,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
-async fn forward(cluster: &Cluster, mut req: Request<Incoming>) -> Response<ProxyBody> {
+async fn forward(cluster: &Cluster, mut req: Request<RequestBody>) -> Response<ProxyBody> {
     let upgrade = if is_upgrade(&req) {
         let protocol = req.headers().get(UPGRADE).cloned();
         let downstream = hyper::upgrade::on(&mut req);
@@ -149,11 +150,30 @@ async fn forward(cluster: &Cluster, mut req: Request<Incoming>) -> Response<Prox
         }
         // The connector already counted the failure; nothing reached the upstream.
         Err(e) if e.is_connect() => local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect failed\n"),
+        // --- hardening: the client's body broke the exchange (over the limit: 413; bad
+        // framing: 400), not the upstream.
+        Err(e) if DownstreamBodyError::status_of(&e).is_some() => downstream_body_reply(&e),
         Err(_) => {
             cluster.upstream.stats.upstream_errors.inc();
             local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n")
         }
     }
+}
+
+/// 413 or 400 for a request whose own body failed on its way upstream; the connection
+/// closes, since the rest of that body is not read.
+fn downstream_body_reply(e: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+    let (status, text, kind) = match DownstreamBodyError::status_of(e) {
+        Some(StatusCode::PAYLOAD_TOO_LARGE) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", ProtocolErrorKind::BodyTooLarge)
+        }
+        _ => (StatusCode::BAD_REQUEST, "malformed request body\n", ProtocolErrorKind::Malformed),
+    };
+    let mut resp = local_reply(status, text);
+    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    // The listener counts it (http/limits.rs, `Refused`).
+    resp.extensions_mut().insert(Refused(kind));
+    resp
 }
 
 /// Once both sides have switched protocols, copy bytes both ways until either closes.
