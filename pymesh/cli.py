@@ -1,4 +1,6 @@
-"""The ``pymesh`` command line: ``run``, ``echo``, ``validate`` and ``bench``.
+"""The ``pymesh`` command line: ``run``, ``echo``, ``validate`` and ``bench``; the admin API
+clients ``get``, ``apply``, ``diff``, ``rollback``, ``status`` and ``token`` live in
+``pymesh.cli_admin``.
 
 ``run`` is the composition root: it builds the Core, the Host and the admin API, serves the
 API with uvicorn in this process on a socket it binds itself, and turns SIGTERM/SIGINT into a
@@ -12,23 +14,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import Generator, Sequence
-from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import uvicorn
+from pydantic import ValidationError
 
-from pymesh import __version__, bench, policy_cli
+from pymesh import __version__, bench, cli_admin, policy_cli
 from pymesh._core import Core
 from pymesh.addresses import check_listen, format_host_port, split_host_port
-from pymesh.config import AdminConfig, MeshConfig, load_config_file
+from pymesh.client import ADMIN_URL_FILE
+from pymesh.config import AdminConfig, MeshConfig, load_config, load_config_file
 from pymesh.demo import DEFAULT_DEMO_LISTEN, build_demo, curl_lines
 from pymesh.durations import format_duration
 from pymesh.errors import ApplyError, ConfigError, CoreError
-from pymesh.host import Host, default_data_dir
+from pymesh.host import Host, default_data_dir, write_atomically
+from pymesh.store import STORE_FILE, SqliteStore, StoredVersion
+from pymesh.tokens import ENV_TOKEN, TokenSet, load_tokens
 
 __all__ = ["main"]
 
@@ -47,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _echo(args)
     if args.command == "bench":
         return bench.command(args)
+    if args.command in cli_admin.COMMANDS:
+        return cli_admin.run_command(args)
     if args.command == "policy":
         return policy_cli.command(args)
     return _validate(args)
@@ -66,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir",
         metavar="DIR",
         type=Path,
-        help="where last-applied.json is kept (default $XDG_DATA_HOME/pymesh)",
+        help="where the config store (pymesh.db) and the admin tokens are kept "
+        "(default $XDG_DATA_HOME/pymesh)",
     )
     run.add_argument("--workers", metavar="N", type=_positive_int, help="data-plane threads")
     run.add_argument(
@@ -84,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file", metavar="FILE")
 
     bench.add_arguments(sub.add_parser("bench", help="load-test a URL (the bundled generator)"))
+    cli_admin.add_commands(sub)
     policy_cli.add_arguments(sub.add_parser("policy", help="explain effective traffic policies"))
     return parser
 
@@ -159,24 +171,31 @@ def _run(args: argparse.Namespace) -> int:
     if args.config is not None and args.listen is not None:
         _complain("pymesh run: --listen sets the demo's listener; with --config, edit the file")
         return EXIT_INVALID
+    data_dir: Path = args.data_dir if args.data_dir is not None else default_data_dir()
     source = args.config if args.config is not None else "(embedded demo)"
     # Until the event loop handles them, stop signals wait (pending); the core's threads,
     # started below, inherit this mask and never receive them.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        cfg = load_config_file(args.config) if args.config is not None else MeshConfig()
-        if args.admin is not None:
-            cfg = cfg.model_copy(update={"admin": AdminConfig(listen=_flag("--admin", args.admin))})
-        if args.listen is not None:
-            _flag("--listen", args.listen)
+        store = SqliteStore(data_dir / STORE_FILE)
+        tokens, tokens_file = load_tokens(data_dir)
+    except (OSError, sqlite3.Error) as e:
+        _complain(f"pymesh: cannot use the data dir {data_dir}: {e}")
+        return EXIT_FAILURE
     except ConfigError as e:
-        return _report_invalid(source, e)
+        return _report_invalid("(admin tokens)", e)
+    try:
+        plan = _plan_start(args, store.latest())
+    except ConfigError as e:
+        return _report_invalid(plan_source(args), e)
+    source = plan.source_label or source
 
     try:
-        core = Core(args.workers if args.workers is not None else cfg.workers)
-        if args.config is None:
+        core = Core(args.workers if args.workers is not None else plan.workers)
+        cfg = plan.config
+        if cfg is None:
             demo = build_demo(core, args.listen or DEFAULT_DEMO_LISTEN)
-            cfg = demo.model_copy(update={"admin": cfg.admin})
+            cfg = demo.model_copy(update={"admin": plan.admin})
     except ConfigError as e:
         return _report_invalid(source, e)
     except ApplyError as e:  # a demo service could not bind
@@ -191,9 +210,13 @@ def _run(args: argparse.Namespace) -> int:
         msg = f"cannot listen on {cfg.admin.listen}: {e.strerror or e}"
         return _report_invalid(source, ConfigError.single("admin.listen", msg))
 
-    host = Host(core, args.data_dir if args.data_dir is not None else default_data_dir())
+    host = Host(core, data_dir, store)
     try:
-        host.apply(cfg)
+        if plan.kind == "resume" and plan.resume is not None:
+            host.resume(plan.resume, cfg)
+            _say(f"pymesh: resumed config version {host.version} from {data_dir / STORE_FILE}")
+        else:
+            host.apply(cfg, source=plan.kind)
     except ConfigError as e:
         sock.close()
         return _report_invalid(source, e)
@@ -202,19 +225,102 @@ def _run(args: argparse.Namespace) -> int:
         _complain(f"pymesh: the core failed: {e}")
         return EXIT_FAILURE
 
+    _announce(host, cfg, sock, data_dir, tokens_file, demo=plan.config is None)
+    asyncio.run(_serve(host, tokens, sock, cfg))
+    return EXIT_OK
+
+
+def _announce(
+    host: Host,
+    cfg: MeshConfig,
+    sock: socket.socket,
+    data_dir: Path,
+    tokens_file: Path | None,
+    *,
+    demo: bool,
+) -> None:
+    """Print where everything listens (and, for the demo, what to try); record the admin URL
+    in the data dir for the CLI."""
     bound = host.listeners()
     for listener in cfg.listeners:
         _say(f"pymesh: listener {listener.name} on {bound.get(listener.name, listener.listen)}")
     ip, port = sock.getsockname()[:2]
-    admin_url = f"http://{format_host_port(ip, port)}"
+    scheme = "https" if cfg.admin.tls is not None else "http"
+    admin_url = f"{scheme}://{format_host_port(ip, port)}"
     _say(f"pymesh: admin listening on {admin_url}")
-    if args.config is None:
+    if tokens_file is not None:
+        _say(f"pymesh: admin token in {tokens_file}")
+        auth = f'"Authorization: Bearer $(pymesh token --data-dir {shlex.quote(str(data_dir))})"'
+    else:
+        _say(f"pymesh: admin token from {ENV_TOKEN}")
+        auth = f'"Authorization: Bearer ${ENV_TOKEN}"'
+    with contextlib.suppress(OSError):
+        write_atomically(data_dir / ADMIN_URL_FILE, admin_url + "\n")
+    if demo:
         _say("pymesh: demo mesh ready (90% hello-v1, 10% hello-v2); try:")
-        for line in curl_lines(bound["ingress"], admin_url):
+        for line in curl_lines(bound["ingress"], admin_url, auth):
             _say(f"  {line}")
 
-    asyncio.run(_serve(host, sock, cfg.drain_timeout))
-    return EXIT_OK
+
+class _StartPlan(NamedTuple):
+    """What ``pymesh run`` serves first: a config (None: build the demo), and how it came."""
+
+    kind: str
+    """``file`` (a new version from --config), ``resume`` (the store's latest, as it is),
+    ``demo``."""
+    config: MeshConfig | None
+    admin: AdminConfig
+    workers: int | None
+    resume: StoredVersion | None
+    source_label: str | None
+
+
+def plan_source(args: argparse.Namespace) -> str:
+    return str(args.config) if args.config is not None else "(stored config)"
+
+
+def _plan_start(args: argparse.Namespace, latest: StoredVersion | None) -> _StartPlan:
+    """Decide what to serve, the way kubectl and Envoy users expect:
+
+    - ``--config FILE``: serve the file; it becomes a new version unless it equals the
+      store's latest (then that version is resumed as it is);
+    - no ``--config`` and a store that has versions: resume the latest (unless it is the
+      demo, whose services live in the process: then start a new demo);
+    - neither: the demo.
+    """
+    if args.config is not None:
+        cfg = _with_admin_flag(load_config_file(args.config), args.admin)
+        if latest is not None and _same(latest, cfg):
+            return _StartPlan("resume", cfg, cfg.admin, cfg.workers, latest, None)
+        return _StartPlan("file", cfg, cfg.admin, cfg.workers, None, None)
+    if args.listen is not None:
+        _flag("--listen", args.listen)
+    if latest is not None and latest.source != "demo" and args.listen is None:
+        cfg = _with_admin_flag(load_config(latest.config), args.admin)
+        label = f"(stored version {latest.version})"
+        return _StartPlan("resume", cfg, cfg.admin, cfg.workers, latest, label)
+    admin = _with_admin_flag(MeshConfig(), args.admin).admin
+    return _StartPlan("demo", None, admin, None, None, None)
+
+
+def _same(stored: StoredVersion, cfg: MeshConfig) -> bool:
+    try:
+        return load_config(stored.config) == cfg
+    except ConfigError:
+        return False
+
+
+def _with_admin_flag(cfg: MeshConfig, flag: str | None) -> MeshConfig:
+    """``cfg`` with ``--admin`` (if given) as its admin address, checked like the file's."""
+    if flag is None:
+        return cfg
+    listen = _flag("--admin", flag)
+    try:
+        admin = AdminConfig(listen=listen, tls=cfg.admin.tls)
+    except ValidationError as e:
+        msg = "; ".join(str(x["msg"]).removeprefix("Value error, ") for x in e.errors())
+        raise ConfigError.single("--admin", msg) from None
+    return cfg.model_copy(update={"admin": admin})
 
 
 def _flag(flag: str, value: str) -> str:
@@ -252,18 +358,22 @@ class _Server(uvicorn.Server):
         pass
 
 
-async def _serve(host: Host, sock: socket.socket, drain_timeout: timedelta) -> None:
+async def _serve(host: Host, tokens: TokenSet, sock: socket.socket, cfg: MeshConfig) -> None:
     """Serve the admin API on ``sock`` until a stop signal has drained the core."""
     # The composition root is the one place api/ is wired in; imported here so that
     # `pymesh echo` and `pymesh validate` do not pay for importing FastAPI.
     from pymesh.api import create_app  # noqa: PLC0415
 
+    tls = cfg.admin.tls
     config = uvicorn.Config(
-        create_app(host),
+        create_app(host, tokens),
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
+        ssl_certfile=tls.cert if tls is not None else None,
+        ssl_keyfile=tls.key if tls is not None else None,
     )
+    drain_timeout = cfg.drain_timeout
     server = _Server(config)
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
@@ -279,10 +389,14 @@ async def _serve(host: Host, sock: socket.socket, drain_timeout: timedelta) -> N
         finally:
             server.should_exit = True
 
+    stopping = False
+
     def on_signal(sig: signal.Signals) -> None:
-        if host.draining:  # the drain is bounded by drain_timeout: let it end
+        nonlocal stopping
+        if stopping:  # the drain is bounded by drain_timeout: let it end
             _say(f"pymesh: {sig.name}: already draining (up to {shown})")
             return
+        stopping = True
         _say(f"pymesh: {sig.name}: draining (up to {shown})")
         host.begin_drain()
         task = loop.create_task(drain())

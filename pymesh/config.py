@@ -28,7 +28,13 @@ from pydantic import (
 )
 
 from pymesh._core import regex_error
-from pymesh.addresses import Endpoint, ListenAddress, check_endpoint, listen_key
+from pymesh.addresses import (
+    Endpoint,
+    ListenAddress,
+    check_endpoint,
+    listen_key,
+    split_host_port,
+)
 from pymesh.documents import DocumentError, parse_document
 from pymesh.durations import Duration
 from pymesh.errors import ConfigError, ErrorItem
@@ -45,6 +51,7 @@ __all__ = [
     "FILE_LOC",
     "ROOT_LOC",
     "AdminConfig",
+    "AdminTls",
     "Certificate",
     "Cluster",
     "ClusterTls",
@@ -53,6 +60,7 @@ __all__ = [
     "HeaderActions",
     "HeaderMatch",
     "HealthCheck",
+    "Limits",
     "Listener",
     "ListenerTls",
     "MeshConfig",
@@ -105,14 +113,36 @@ class _Model(BaseModel):
 # === admin ===
 
 
+class AdminTls(_Model):
+    """TLS for the admin API (required to listen on a non-loopback address)."""
+
+    cert: str = Field(min_length=1, description="PEM file: the certificate chain, leaf first.")
+    key: str = Field(min_length=1, description="PEM file: the private key.")
+
+
 class AdminConfig(_Model):
     """Where the admin API (health, config, stats, metrics) listens."""
 
     listen: ListenAddress = Field(
         default="127.0.0.1:9901",
         description="IP address and port of the admin API; port 0 lets the OS choose. "
-        "Read at start only; the `--admin` flag wins over it.",
+        "Read at start only; the `--admin` flag wins over it. A non-loopback address needs "
+        "`tls`.",
     )
+    tls: AdminTls | None = Field(
+        default=None,
+        description="Serve the admin API over HTTPS with this certificate. Read at start only.",
+    )
+
+    @model_validator(mode="after")
+    def _remote_needs_tls(self) -> AdminConfig:
+        host = split_host_port(self.listen)[0]
+        if self.tls is None and not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(
+                f"listen: {self.listen} is not a loopback address; the admin API serves "
+                "tokens and config, so a non-loopback address needs admin.tls"
+            )
+        return self
 
 
 # === listeners and routes ===
@@ -609,6 +639,52 @@ class ListenerTls(_Model):
         return list(self.certificates)
 
 
+class Limits(_Model):
+    """What one downstream client may send an `http` listener. The defaults follow Envoy's
+    edge best practices; every refusal is counted in
+    `pymesh_downstream_protocol_errors_total{listener,kind}`."""
+
+    max_request_headers: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Header fields in one request; more gets 431.",
+    )
+    max_request_header_bytes: int = Field(
+        default=60 * 1024,
+        ge=8192,
+        le=16 * 1024 * 1024,
+        description="Bytes of the request head (request line and headers; HTTP/2: the "
+        "decoded header list); more gets 431. At least 8192. Default 61440 (60 KiB).",
+    )
+    header_read_timeout: Duration = Field(
+        default="30s",
+        validate_default=True,
+        description="An HTTP/1 client must send a whole request head within this, counted from "
+        "when the connection starts waiting for it (so it also bounds an idle HTTP/1 "
+        "keep-alive connection); a slower one is disconnected.",
+    )
+    idle_timeout: Duration = Field(
+        default="1h",
+        validate_default=True,
+        description="A connection with no request in flight and no bytes either way for this "
+        "long is closed (HTTP/2: GOAWAY first).",
+    )
+    max_concurrent_streams: int = Field(
+        default=100,
+        ge=1,
+        le=2**31 - 1,
+        description="HTTP/2 streams one connection may have open; more are refused "
+        "(RST_STREAM REFUSED_STREAM) while the others proceed.",
+    )
+    max_request_body_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Request body bytes; more gets 413 (at once when Content-Length says so, "
+        "else when the streamed body passes it). Default: unlimited.",
+    )
+
+
 class Listener(_Model):
     """An address the proxy accepts connections on, and its routes."""
 
@@ -638,13 +714,18 @@ class Listener(_Model):
     idle_timeout: Duration = Field(
         default="1h",
         validate_default=True,
-        description="A connection with no bytes either way for this long is closed (for "
-        "`http` listeners: the downstream idle timeout).",
+        description="`tcp` and `tls-passthrough` listeners: a connection with no bytes either "
+        "way for this long is closed.",
     )
     defaults: ListenerDefaults | None = Field(
         default=None,
         description="`http` listeners: policy defaults for the listener's routes "
         "(`{route: {timeout, retry, ...}}`); they override the mesh's `defaults.route`.",
+    )
+    limits: Limits = Field(
+        default_factory=Limits,
+        description="`http` listeners: limits on what a client may send (header count and "
+        "size, header-read and idle timeouts, HTTP/2 streams, body size).",
     )
 
 
@@ -1090,6 +1171,8 @@ def _check_protocol(listener: Listener, at: str, err: Callable[[str, str], None]
             _check_file(t.client_ca, f"{at}.tls.client_ca", err)
     if proto != "tcp" and listener.to:
         err(f"{at}.to", f"only a tcp listener takes 'to' (this one is {proto})")
+    if proto != "http" and "limits" in listener.model_fields_set:
+        err(f"{at}.limits", f"only an http listener takes 'limits' (this one is {proto})")
     if proto != "http" and listener.tls is not None:
         err(f"{at}.tls", f"only an http listener terminates TLS (this one is {proto})")
     if proto == "tcp":

@@ -45,10 +45,11 @@ def build_demo(core: Core, listen: str = DEFAULT_DEMO_LISTEN) -> MeshConfig:
     )
 
 
-def curl_lines(listener_address: str, admin_url: str) -> list[str]:
-    """Three commands to try against a running demo."""
+def curl_lines(listener_address: str, admin_url: str, auth_header: str) -> list[str]:
+    """Three commands to try against a running demo; ``auth_header`` is the shell word for
+    curl's ``-H`` that sends the admin token."""
     return [
         f"for i in $(seq 10); do curl -si http://{listener_address}/ | grep -i server-id; done",
-        f"curl -s {admin_url}/config",
-        f"curl -s {admin_url}/stats",
+        f"curl -s -H {auth_header} {admin_url}/config",
+        f"curl -s -H {auth_header} {admin_url}/stats",
     ]

@@ -46,6 +46,8 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"{text!r} is not a duration; {_HINT}") from None
     if millis != millis.to_integral_value():
         raise ValueError(f"{text!r} is not a whole number of milliseconds")
+    if millis > to_millis(MAX_DURATION):  # before timedelta(), which overflows on huge values
+        raise ValueError(f"duration must be at most {format_duration(MAX_DURATION)}")
     return _checked(timedelta(milliseconds=int(millis)), text)
 
 

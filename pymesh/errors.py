@@ -20,6 +20,7 @@ __all__ = [
     "CoreError",
     "DrainingError",
     "ErrorItem",
+    "StaleVersionError",
 ]
 
 
@@ -59,3 +60,13 @@ class ConfigError(ValueError):
 
 class DrainingError(RuntimeError):
     """The host is draining and accepts no new configuration."""
+
+
+class StaleVersionError(RuntimeError):
+    """A change was made against a config version that is no longer the one serving
+    (``If-Match`` named an older version); nothing was changed."""
+
+    def __init__(self, expected: int, current: int) -> None:
+        self.expected = expected
+        self.current = current
+        super().__init__(f"the config is at version {current}, not {expected}; re-read it")

@@ -16,6 +16,7 @@ from pymesh.config import (
     HeaderActions,
     HeaderMatch,
     HealthCheck,
+    Limits,
     Listener,
     ListenerTls,
     MeshConfig,
@@ -74,6 +75,18 @@ def _listener(lst: Listener, policies: list[dict[str, Any] | None]) -> dict[str,
         if passthrough
         else [],
         "idle_timeout_ms": to_millis(lst.idle_timeout),
+        "limits": _limits(lst.limits) if lst.protocol == "http" else None,
+    }
+
+
+def _limits(lim: Limits) -> dict[str, Any]:
+    return {
+        "max_request_headers": lim.max_request_headers,
+        "max_request_header_bytes": lim.max_request_header_bytes,
+        "header_read_timeout_ms": to_millis(lim.header_read_timeout),
+        "idle_timeout_ms": to_millis(lim.idle_timeout),
+        "max_concurrent_streams": lim.max_concurrent_streams,
+        "max_request_body_bytes": lim.max_request_body_bytes,
     }
 
 

@@ -20,16 +20,18 @@ as_root() {
     fi
 }
 
-step "system packages (nginx, wrk: used by the benchmark smoke run)"
+step "system packages (nginx, wrk: the benchmark smoke run; curl, openssl: tests/test_clients.py)"
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing: ${missing[*]}"
     as_root apt-get update -q
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 else
-    echo "already installed: nginx wrk"
+    echo "already installed: nginx wrk curl openssl"
 fi
 
 step "virtualenv .venv"

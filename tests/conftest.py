@@ -47,8 +47,9 @@ def mesh(tmp_path: Path) -> Iterator[Callable[..., Mesh]]:
         config: dict[str, Any] | None,
         extra_args: list[str] | None = None,
         expect_listeners: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Mesh:
-        m = spawn_mesh(tmp_path / f"mesh{len(started)}", config, extra_args, expect_listeners)
+        m = spawn_mesh(tmp_path / f"mesh{len(started)}", config, extra_args, expect_listeners, env)
         started.append(m)
         return m
 

@@ -8,6 +8,7 @@ the test, if it does not exit). Process output is read by background threads so 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -29,7 +30,8 @@ START_TIMEOUT = 30.0  # seconds for a process to print its addresses and become 
 STOP_TIMEOUT = 20.0  # seconds for a process to exit after SIGTERM (drain_timeout is 5s)
 HTTP_TIMEOUT = 10.0
 
-ADMIN_LINE = re.compile(r"^pymesh: admin listening on (http://\S+?)/?$")
+ADMIN_LINE = re.compile(r"^pymesh: admin listening on (https?://\S+?)/?$")
+TOKEN_LINE = re.compile(r"^pymesh: admin token in (\S+)$")
 LISTENER_LINE = re.compile(r"^pymesh: listener (\S+) on (\S+)$")
 ECHO_LINE = re.compile(r"^pymesh echo: (\S+) listening on (\S+)$")
 
@@ -52,10 +54,13 @@ def poll(
 class Proc:
     """A child process whose stdout and stderr lines are collected by background threads."""
 
-    def __init__(self, args: list[str], cwd: Path | None = None) -> None:
+    def __init__(
+        self, args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.args = args
         self.popen = subprocess.Popen(
             args,
+            env=None if env is None else {**os.environ, **env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -226,13 +231,32 @@ def route(
     return r
 
 
+def read_token(tokens_file: Path, access: str = "read-write") -> str:
+    """The secret of the first token with ``access`` in an admin tokens file."""
+    for t in json.loads(tokens_file.read_text())["tokens"]:
+        if t["access"] == access:
+            secret: str = t["secret"]
+            return secret
+    raise AssertionError(f"no {access} token in {tokens_file}")
+
+
 class Mesh:
-    def __init__(self, proc: Proc, admin_url: str, data_dir: Path, config_path: Path | None):
+    def __init__(
+        self,
+        proc: Proc,
+        admin_url: str,
+        data_dir: Path,
+        config_path: Path | None,
+        token: str | None = None,
+    ):
         self.proc = proc
         self.admin_url = admin_url.rstrip("/")
         self.data_dir = data_dir
         self.config_path = config_path
-        self.admin = httpx.Client(base_url=self.admin_url, timeout=HTTP_TIMEOUT)
+        self.token = token
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        # Every admin request of the tests sends the read-write token.
+        self.admin = httpx.Client(base_url=self.admin_url, timeout=HTTP_TIMEOUT, headers=self.auth)
 
     def listeners(self) -> dict[str, str]:
         """Every ``pymesh: listener NAME on ADDR`` line printed so far."""
@@ -291,8 +315,13 @@ def spawn_mesh(
     config: dict[str, Any] | None,
     extra_args: list[str] | None = None,
     expect_listeners: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Mesh:
-    """Start ``pymesh run`` and wait until it printed its addresses and /ready answers 200."""
+    """Start ``pymesh run`` and wait until it printed its addresses and /ready answers 200.
+
+    ``config`` None: no ``--config`` (the demo on a fresh data dir; the stored config when the
+    data dir already has one). The admin token is read from the tokens file it prints (or is
+    ``env["PYMESH_ADMIN_TOKEN"]``)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     data_dir = tmp_path / "data"
     args = [PYMESH, "run", "--admin", "127.0.0.1:0", "--data-dir", str(data_dir)]
@@ -304,10 +333,13 @@ def spawn_mesh(
         if expect_listeners is None:
             expect_listeners = [lst["name"] for lst in config.get("listeners", [])]
     args += extra_args or []
-    proc = Proc(args, cwd=tmp_path)
+    proc = Proc(args, cwd=tmp_path, env=env)
     try:
         m = proc.wait_line(ADMIN_LINE)
-        mesh = Mesh(proc, m.group(1), data_dir, config_path)
+        token = (env or {}).get("PYMESH_ADMIN_TOKEN")
+        if token is None:
+            token = read_token(Path(proc.wait_line(TOKEN_LINE).group(1)))
+        mesh = Mesh(proc, m.group(1), data_dir, config_path, token)
     except AssertionError:
         proc.ensure_stopped()
         raise

@@ -97,7 +97,7 @@ BUILTIN_ROUTE_SNAPSHOT = {
 
 def test_defaults() -> None:
     assert MeshConfig().model_dump(mode="json") == {
-        "admin": {"listen": "127.0.0.1:9901"},
+        "admin": {"listen": "127.0.0.1:9901", "tls": None},
         "workers": None,
         "drain_timeout": "5s",
         "listeners": [],
@@ -436,6 +436,14 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "to": [],
                 "sni_routes": [],
                 "idle_timeout_ms": 3600000,
+                "limits": {
+                    "max_request_headers": 100,
+                    "max_request_header_bytes": 61440,
+                    "header_read_timeout_ms": 30000,
+                    "idle_timeout_ms": 3600000,
+                    "max_concurrent_streams": 100,
+                    "max_request_body_bytes": None,
+                },
             }
         ],
         "clusters": [

@@ -241,4 +241,8 @@ def test_demo(mesh: Callable[..., Mesh]) -> None:
     # the lines work as printed
     for line in curl_lines:
         for target in re.findall(r"https?://[^\s'\"]+", line):
-            assert httpx.get(target, timeout=HTTP_TIMEOUT).status_code == 200, line
+            # the admin API needs the token the line reads from the data dir
+            headers = m.auth if target.startswith(m.admin_url) else {}
+            r = httpx.get(target, headers=headers, timeout=HTTP_TIMEOUT)
+            assert r.status_code == 200, line
+    assert any("Authorization: Bearer $(pymesh token --data-dir" in line for line in curl_lines)

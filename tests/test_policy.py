@@ -409,20 +409,3 @@ def test_mirrored_traffic_reaches_the_shadow_without_changing_or_slowing_the_rea
     poll(lambda: shadow.count("POST") == n, timeout=15, what="every mirrored request")
     assert all(h.endswith("-shadow") for h in shadow.hosts)
     assert metric(m.metrics(), "pymesh_mirrored_requests_total", cluster="shadow") == n
-
-
-def test_a_quiet_downstream_connection_is_closed_after_the_listener_idle_timeout(
-    echo: Callable[..., Echo], mesh: Callable[..., Mesh]
-) -> None:
-    up = echo("up")
-    cfg = one_route(up.address)
-    cfg["listeners"][0]["idle_timeout"] = "300ms"
-    m = mesh(cfg)
-    host, port = m.listener("in").removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=HTTP_TIMEOUT) as s:
-        s.sendall(b"GET /?delay=100ms HTTP/1.1\r\nhost: x\r\n\r\n")
-        assert s.recv(4096).startswith(b"HTTP/1.1 200"), "a request well within the limit"
-        quiet = time.monotonic()
-        assert s.recv(4096) == b"", "the proxy closes the quiet connection"
-        assert 0.25 <= time.monotonic() - quiet < 2.0
-    assert metric(m.metrics(), "pymesh_downstream_idle_timeouts_total") == 1

@@ -34,6 +34,33 @@ pub struct ListenerSpec {
     pub sni_routes: Vec<SniRouteSpec>,
     /// A TCP or passthrough connection with no bytes either way for this long is closed.
     pub idle_timeout_ms: u64,
+    /// What one downstream client may send (`protocol: http` only, and required there; `null`
+    /// on other listeners). The field itself must be present.
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub limits: Option<LimitsSpec>,
+}
+
+/// Limits on what a downstream client may send an HTTP listener; see docs/config.md for
+/// their defaults (the Python models hold them).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Header fields in one request; more gets 431.
+    pub max_request_headers: u32,
+    /// Bytes of the request head (request line and headers; HTTP/2: the decoded header
+    /// list); more gets 431. At least 8192.
+    pub max_request_header_bytes: u32,
+    /// An HTTP/1 client must send a whole request head within this, counted from when the
+    /// connection starts waiting for it; a slower one is disconnected.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and no bytes either way for this long is
+    /// closed (HTTP/2: GOAWAY first).
+    pub idle_timeout_ms: u64,
+    /// HTTP/2 streams one connection may have open; more are refused (REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// Request body bytes; `None`: unlimited. More gets 413 (up front by Content-Length,
+    /// or when the streamed body passes it).
+    pub max_request_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -24,9 +24,21 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::http::limits::HttpLimits;
+
 /// The longest `?delay=` honoured: bounded so that a typo cannot pin a connection forever.
 const MAX_DELAY: Duration = Duration::from_secs(60);
 /// Size of the shared buffer that sized bodies are sliced from.
+/// The echo server's own limits: generous, since it is the proxy's test upstream.
+pub(crate) const LIMITS: HttpLimits = HttpLimits {
+    max_headers: 100,
+    max_header_bytes: 64 * 1024,
+    header_read_timeout: Duration::from_secs(30),
+    idle_timeout: Duration::from_secs(3600),
+    max_concurrent_streams: 1024,
+    max_body: u64::MAX,
+};
+
 const CHUNK: usize = 64 * 1024;
 
 pub(crate) struct Echo {

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::config::Snapshot;
 use crate::echo::{self, Echo};
 use crate::error::Error;
-use crate::http::server;
+use crate::http::server::HttpServer;
 use crate::listener::{self, Server};
 use crate::metrics::{Gauge, Metrics};
 use crate::tables::{self, HealthCache, Tables, UpstreamCache};
@@ -191,20 +191,12 @@ impl Engine {
     fn serve_proxy(&self, name: &str, slot: usize, socket: std::net::TcpListener) -> Result<Server, Error> {
         let stats = self.shared.metrics.listener(name);
         let shared = Arc::clone(&self.shared);
-        let builder = Arc::new(server::builder());
         listener::serve(
             socket,
             Arc::clone(&stats.active_connections),
             Some(stats),
             move |stream, peer, stop| {
-                listener::proxy_connection(
-                    Arc::clone(&shared),
-                    Arc::clone(&builder),
-                    slot,
-                    stream,
-                    peer,
-                    stop,
-                )
+                listener::proxy_connection(Arc::clone(&shared), slot, stream, peer, stop)
             },
         )
         .map_err(|e| Error::internal(format!("cannot serve listener {name}: {e}")))
@@ -221,13 +213,13 @@ impl Engine {
         let id = id.map_or_else(|| bound.to_string(), str::to_owned);
         let echo = Arc::new(Echo::new(&id).map_err(|m| Error::config("id", m))?);
         let _entered = self.runtime().enter();
-        let builder = Arc::new(server::builder());
+        let http = Arc::new(HttpServer::new(&echo::LIMITS));
         let server = listener::serve(socket, Arc::new(Gauge::default()), None, move |stream, _peer, stop| {
             let echo = Arc::clone(&echo);
-            let builder = Arc::clone(&builder);
+            let http = Arc::clone(&http);
             async move {
                 let service = service_fn(move |req| echo::respond(Arc::clone(&echo), req));
-                server::serve(&builder, stream, service, false, stop).await;
+                http.serve(stream, service, false, stop, None).await;
             }
         })
         .map_err(|e| Error::internal(format!("cannot serve echo: {e}")))?;

@@ -4,6 +4,7 @@
 pub(crate) mod actions;
 pub(crate) mod client;
 pub(crate) mod headers;
+pub(crate) mod limits;
 pub(crate) mod proxy;
 pub(crate) mod server;
 

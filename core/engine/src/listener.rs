@@ -11,13 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use hyper::service::service_fn;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 
 use crate::engine::Shared;
-use crate::http::{proxy, server};
+use crate::http::limits::{self, Refusals};
+use crate::http::proxy;
 use crate::metrics::{Gauge, GaugeGuard, ListenerStats};
-use crate::policy::timeouts::IdleIo;
 use crate::tables::ListenerKind;
 use crate::tcp;
 
@@ -122,7 +120,6 @@ where
 /// HTTP/2 preface), raw TCP, or TLS passthrough.
 pub(crate) async fn proxy_connection(
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
     slot: usize,
     stream: TcpStream,
     peer: SocketAddr,
@@ -135,31 +132,49 @@ pub(crate) async fn proxy_connection(
             None => return,
         }
     };
-    let service = {
-        let shared = Arc::clone(&shared);
-        service_fn(move |req| proxy::handle(Arc::clone(&shared), slot, peer, req))
-    };
     match &*kind {
-        // --- policy: downstream idle timeout (policy/timeouts.rs) closes quiet connections ---
-        ListenerKind::Http { tls: None, idle } => {
-            let (io, watch) = IdleIo::new(stream);
-            tokio::select! {
-                () = server::serve(&builder, io, service, false, stop) => {}
-                () = watch.expired(*idle) => shared.metrics.downstream_idle_timeouts.inc(),
-            }
-        }
-        ListenerKind::Http { tls: Some(config), idle } => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
-            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-            let Ok(Ok(tls)) = handshake else {
-                shared.metrics.tls_handshake_failures.inc();
-                return;
+        ListenerKind::Http(http) => {
+            let service = {
+                let shared = Arc::clone(&shared);
+                let kind = Arc::clone(&kind);
+                service_fn(move |req| {
+                    let ListenerKind::Http(http) = &*kind else { unreachable!("an http listener") };
+                    let refusals = Refusals { errors: &http.stats.protocol_errors, replies: &http.unrouted };
+                    let admitted = limits::admit(req, &http.limits, &refusals);
+                    let shared = Arc::clone(&shared);
+                    let kind = Arc::clone(&kind);
+                    async move {
+                        match admitted {
+                            Ok(req) => {
+                                let resp = proxy::handle(shared, slot, peer, req).await;
+                                if let (Ok(resp), ListenerKind::Http(http)) = (&resp, &*kind) {
+                                    let refusals = Refusals {
+                                        errors: &http.stats.protocol_errors,
+                                        replies: &http.unrouted,
+                                    };
+                                    refusals.count(resp);
+                                }
+                                resp
+                            }
+                            Err(resp) => Ok(resp),
+                        }
+                    }
+                })
             };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let (io, watch) = IdleIo::new(tls);
-            tokio::select! {
-                () = server::serve(&builder, io, service, h2, stop) => {}
-                () = watch.expired(*idle) => shared.metrics.downstream_idle_timeouts.inc(),
+            let errors = Some(&http.stats.protocol_errors);
+            match &http.tls {
+                None => http.server.serve(stream, service, false, stop, errors).await,
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    let Ok(Ok(tls)) = handshake else {
+                        shared.metrics.tls_handshake_failures.inc();
+                        return;
+                    };
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    http.server.serve(tls, service, h2, stop, errors).await;
+                }
             }
         }
         ListenerKind::Tcp { split, idle } => tcp::proxy(stream, split, *idle).await,

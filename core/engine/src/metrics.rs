@@ -116,6 +116,48 @@ impl StatusCounters {
 pub(crate) struct ListenerStats {
     pub(crate) active_connections: Arc<Gauge>,
     pub(crate) connections_total: Counter,
+    pub(crate) protocol_errors: ProtocolErrors,
+}
+
+/// Why the proxy refused what a downstream client sent (the `kind` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProtocolErrorKind {
+    /// Framing or syntax the proxy cannot trust (400, or an HTTP/2 connection error).
+    Malformed,
+    /// Too many or too large request headers (431).
+    HeadersTooLarge,
+    /// A request body over the listener's limit (413).
+    BodyTooLarge,
+    /// A request head not received within the header-read timeout.
+    HeaderTimeout,
+}
+
+impl ProtocolErrorKind {
+    const ALL: [Self; 4] = [Self::Malformed, Self::HeadersTooLarge, Self::BodyTooLarge, Self::HeaderTimeout];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::BodyTooLarge => "body_too_large",
+            Self::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
+/// One listener's refusals, by kind.
+#[derive(Debug, Default)]
+pub(crate) struct ProtocolErrors([Counter; 4]);
+
+impl ProtocolErrors {
+    #[inline]
+    pub(crate) fn inc(&self, kind: ProtocolErrorKind) {
+        self.0[kind as usize].inc();
+    }
+
+    pub(crate) fn get(&self, kind: ProtocolErrorKind) -> u64 {
+        self.0[kind as usize].get()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -175,8 +217,6 @@ pub(crate) struct Metrics {
     pub(crate) config_version: Gauge,
     pub(crate) config_apply_errors: Counter,
     pub(crate) tls_handshake_failures: Counter,
-    /// HTTP connections closed by the listener's idle timeout (policy/timeouts.rs).
-    pub(crate) downstream_idle_timeouts: Counter,
 }
 
 fn entry<K: Ord, V: Default>(map: &mut BTreeMap<K, Arc<V>>, key: K) -> Arc<V> {
@@ -303,6 +343,24 @@ impl Metrics {
                 s.connections_total.get(),
             );
         }
+        header(
+            &mut out,
+            "downstream_protocol_errors_total",
+            "counter",
+            "Requests and connections refused for what the client sent, by kind.",
+        );
+        for (l, s) in &reg.listeners {
+            for kind in ProtocolErrorKind::ALL {
+                let v = s.protocol_errors.get(kind);
+                sample(
+                    &mut out,
+                    "downstream_protocol_errors_total",
+                    &[("listener", l)],
+                    &[("kind", kind.label())],
+                    v,
+                );
+            }
+        }
         header(&mut out, "upstream_connections_active", "gauge", "Open upstream connections.");
         for (c, s) in &reg.clusters {
             sample_i(&mut out, "upstream_connections_active", &[("cluster", c)], s.active_connections.get());
@@ -362,14 +420,6 @@ impl Metrics {
         }
 
         render_policies(&reg, &mut out);
-        header(
-            &mut out,
-            "downstream_idle_timeouts_total",
-            "counter",
-            "HTTP connections closed by idle_timeout.",
-        );
-        let _ =
-            writeln!(out, "pymesh_downstream_idle_timeouts_total {}", self.downstream_idle_timeouts.get());
 
         header(&mut out, "tls_handshake_failures_total", "counter", "Downstream TLS handshakes that failed.");
         let _ = writeln!(out, "pymesh_tls_handshake_failures_total {}", self.tls_handshake_failures.get());

@@ -13,7 +13,9 @@ use crate::config::{ListenerProtocol, ListenerSpec, RouteSpec, Snapshot, Weighte
 use crate::error::Error;
 use crate::http::actions::{ForwardActions, Local};
 use crate::http::client::{PoolSettings, Upstream};
-use crate::metrics::{Metrics, StatusCounters};
+use crate::http::limits::HttpLimits;
+use crate::http::server::HttpServer;
+use crate::metrics::{ListenerStats, Metrics, StatusCounters};
 use crate::router::{Route, RouteAction, RouteMatch, Router, Target, Weighted};
 use crate::tcp::{SniPattern, SniRouter, Split};
 
@@ -31,11 +33,7 @@ pub(crate) struct ListenerTable {
 #[derive(Debug)]
 pub(crate) enum ListenerKind {
     /// HTTP/1.1 and HTTP/2; TLS first when configured.
-    Http {
-        tls: Option<Arc<rustls::ServerConfig>>,
-        /// Downstream idle: a connection with no bytes either way for this long is closed.
-        idle: Duration,
-    },
+    Http(Box<HttpListener>),
     Tcp {
         split: Split,
         idle: Duration,
@@ -44,6 +42,17 @@ pub(crate) enum ListenerKind {
         router: SniRouter,
         idle: Duration,
     },
+}
+
+/// An HTTP listener's connection settings, read once per connection.
+#[derive(Debug)]
+pub(crate) struct HttpListener {
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) server: HttpServer,
+    pub(crate) limits: HttpLimits,
+    /// Where refusals are counted: by kind, and as answers given before routing.
+    pub(crate) stats: Arc<ListenerStats>,
+    pub(crate) unrouted: Arc<StatusCounters>,
 }
 
 /// Everything a request reads, swapped as one value.
@@ -142,12 +151,9 @@ pub(crate) fn compile(
             let route = compile_route(r, &rpath, &spec.name, &clusters, metrics)?;
             routes.push(route);
         }
-        let kind = compile_kind(spec, &path, &clusters)?;
-        let table = ListenerTable {
-            router: Router::new(routes),
-            unrouted: metrics.target(&spec.name, "", ""),
-            kind: Arc::new(kind),
-        };
+        let unrouted = metrics.target(&spec.name, "", "");
+        let kind = compile_kind(spec, &path, &clusters, metrics, &unrouted)?;
+        let table = ListenerTable { router: Router::new(routes), unrouted, kind: Arc::new(kind) };
         listeners[slots[i]] = Some(table);
     }
     Ok((Tables { version: snap.version, listeners, clusters }, upstreams))
@@ -157,6 +163,8 @@ fn compile_kind(
     spec: &ListenerSpec,
     path: &str,
     clusters: &BTreeMap<String, Arc<Cluster>>,
+    metrics: &Metrics,
+    unrouted: &Arc<StatusCounters>,
 ) -> Result<ListenerKind, Error> {
     let only = |present: bool, field: &str, proto: &str| {
         if present {
@@ -174,17 +182,29 @@ fn compile_kind(
                 Some(t) => Some(crate::tls::server_config(t, &format!("{path}.tls"))?),
                 None => None,
             };
-            Ok(ListenerKind::Http { tls, idle: idle()? })
+            let Some(limits) = &spec.limits else {
+                return Err(Error::config(format!("{path}.limits"), "an http listener needs limits"));
+            };
+            let limits = HttpLimits::compile(limits, &format!("{path}.limits"))?;
+            Ok(ListenerKind::Http(Box::new(HttpListener {
+                tls,
+                server: HttpServer::new(&limits),
+                limits,
+                stats: metrics.listener(&spec.name),
+                unrouted: Arc::clone(unrouted),
+            })))
         }
         ListenerProtocol::Tcp => {
             only(!spec.routes.is_empty(), "routes", "http")?;
             only(spec.tls.is_some(), "tls", "http")?;
+            only(spec.limits.is_some(), "limits", "http")?;
             only(!spec.sni_routes.is_empty(), "sni_routes", "tls-passthrough")?;
             Ok(ListenerKind::Tcp { split: split(&spec.to, &format!("{path}.to"), clusters)?, idle: idle()? })
         }
         ListenerProtocol::TlsPassthrough => {
             only(!spec.routes.is_empty(), "routes", "http")?;
             only(spec.tls.is_some(), "tls", "http")?;
+            only(spec.limits.is_some(), "limits", "http")?;
             only(!spec.to.is_empty(), "to", "tcp")?;
             let mut routes = Vec::with_capacity(spec.sni_routes.len());
             for (j, r) in spec.sni_routes.iter().enumerate() {

@@ -134,7 +134,7 @@ fn tls_proxy(dir: &std::path::Path) -> (Engine, u16, String) {
               "response_headers": {{"set": [], "add": [], "remove": []}}}}],
             "tls": {{"certificates": [{{"cert": "{}", "key": "{}"}}], "alpn": ["h2", "http/1.1"],
                     "min_version": "1.2", "client_ca": null, "require_client_certificate": false}},
-            "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}],
+            "to": [], "sni_routes": [], "idle_timeout_ms": 1000, "limits": {{"max_request_headers": 100, "max_request_header_bytes": 61440, "header_read_timeout_ms": 30000, "idle_timeout_ms": 3600000, "max_concurrent_streams": 100, "max_request_body_bytes": null}}}}],
           "clusters": [{{"name": "c", "endpoints": ["{up}"], "lb": "round_robin", "connect_timeout_ms": 500,
             "max_idle_per_endpoint": 8, "idle_timeout_ms": 1000, "protocol": "http1", "tls": null,
             "hash_on": null, "health_check": null, "panic_threshold_percent": 50}}]}}"#,

@@ -85,7 +85,7 @@ fn cluster(name: &str, endpoints: &[SocketAddr]) -> String {
 
 fn snapshot(version: u64, listen: &str, routes: &str, clusters: &[String]) -> String {
     format!(
-        r#"{{"version": {version}, "listeners": [{{"name": "in", "listen": "{listen}", "routes": [{routes}], "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}],
+        r#"{{"version": {version}, "listeners": [{{"name": "in", "listen": "{listen}", "routes": [{routes}], "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000, "limits": {{"max_request_headers": 100, "max_request_header_bytes": 61440, "header_read_timeout_ms": 30000, "idle_timeout_ms": 3600000, "max_concurrent_streams": 100, "max_request_body_bytes": null}}}}],
             "clusters": [{}]}}"#,
         clusters.join(",")
     )
@@ -170,8 +170,8 @@ fn a_refused_snapshot_changes_nothing() {
     assert_eq!(err.path, "listeners.0.routes.0.to.0.cluster");
     // Taken: the port our own listener holds, under a new listener name.
     let clash = format!(
-        r#"{{"version": 2, "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "routes": [], "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000}},
-             {{"name": "other", "listen": "{addr}", "routes": [], "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}], "clusters": []}}"#
+        r#"{{"version": 2, "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "routes": [], "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000, "limits": {{"max_request_headers": 100, "max_request_header_bytes": 61440, "header_read_timeout_ms": 30000, "idle_timeout_ms": 3600000, "max_concurrent_streams": 100, "max_request_body_bytes": null}}}},
+             {{"name": "other", "listen": "{addr}", "routes": [], "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000, "limits": {{"max_request_headers": 100, "max_request_header_bytes": 61440, "header_read_timeout_ms": 30000, "idle_timeout_ms": 3600000, "max_concurrent_streams": 100, "max_request_body_bytes": null}}}}], "clusters": []}}"#
     );
     let err = e.apply_json(&clash).unwrap_err();
     assert_eq!((err.kind, err.path.as_str()), (crate::ErrorKind::Bind, "listeners.1.listen"));

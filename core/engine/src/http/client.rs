@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -19,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 use tower_service::Service;
 
+use super::limits::RequestBody;
 use crate::config::ClusterProtocol;
 use crate::metrics::{ClusterStats, GaugeGuard};
 
@@ -49,8 +49,8 @@ impl std::error::Error for ConnectionLimit {}
 
 /// What the pools carry upstream: the downstream body streamed through, a buffered copy (a
 /// body kept for retries, or a mirror's copy), or the body streamed while a copy is kept.
-pub(crate) type RequestBody = http_body_util::Either<
-    Incoming,
+pub(crate) type OutgoingBody = http_body_util::Either<
+    RequestBody,
     http_body_util::Either<http_body_util::Full<bytes::Bytes>, crate::policy::retry::Tee>,
 >;
 
@@ -58,8 +58,8 @@ pub(crate) type RequestBody = http_body_util::Either<
 /// connector, so the plaintext path pays nothing for TLS.
 #[derive(Debug)]
 enum Pool {
-    Plain(Client<CountingConnector<HttpConnector>, RequestBody>),
-    Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, RequestBody>),
+    Plain(Client<CountingConnector<HttpConnector>, OutgoingBody>),
+    Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, OutgoingBody>),
 }
 
 /// A cluster's pooled client and its statistics.
@@ -134,7 +134,7 @@ impl Upstream {
     }
 
     #[inline]
-    pub(crate) fn request(&self, req: http::Request<RequestBody>) -> ResponseFuture {
+    pub(crate) fn request(&self, req: http::Request<OutgoingBody>) -> ResponseFuture {
         match &self.pool {
             Pool::Plain(c) => c.request(req),
             Pool::Tls(c) => c.request(req),

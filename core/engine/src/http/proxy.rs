@@ -27,14 +27,16 @@ use http::header::{CONNECTION, HOST, RETRY_AFTER, UPGRADE};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 
-use super::client::{ConnectionLimit, RequestBody};
+use super::client::{ConnectionLimit, OutgoingBody};
 use super::headers::strip_hop_by_hop;
+use super::limits::{DownstreamBodyError, Refused, RequestBody};
 use super::{local_reply, ProxyBody};
 use crate::cluster::Cluster;
 use crate::engine::Shared;
+use crate::metrics::ProtocolErrorKind;
 use crate::policy::breaker::{BreakerGuard, Limit};
 use crate::policy::ratelimit::retry_after_secs;
 use crate::policy::retry::{self, Tee};
@@ -51,7 +53,7 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     slot: usize,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let target = {
@@ -119,7 +121,7 @@ pub(crate) async fn handle(
 
 /// The path and query sent upstream (with the route's prefix rewrite). An HTTP/2 request
 /// carries its host only as `:authority`; it becomes the `Host` header here.
-fn prepare(target: &Target, req: &mut Request<Incoming>) -> Result<PathAndQuery, ()> {
+fn prepare(target: &Target, req: &mut Request<RequestBody>) -> Result<PathAndQuery, ()> {
     if !req.headers().contains_key(HOST) {
         if let Some(authority) = req.uri().authority() {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -142,7 +144,7 @@ fn upstream_uri(cluster: &Cluster, endpoint: &Authority, pq: PathAndQuery) -> Re
 }
 
 /// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` plus `Upgrade: ...`)?
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade(req: &Request<RequestBody>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && req
@@ -156,7 +158,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 async fn forward(
     cluster: &Cluster,
     endpoint: &Authority,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     pq: PathAndQuery,
 ) -> Response<ProxyBody> {
     match upstream_uri(cluster, endpoint, pq) {
@@ -196,6 +198,9 @@ async fn forward(
         }
         // The connector already counted the failure; nothing reached the upstream.
         Err(e) if e.is_connect() => local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect failed\n"),
+        // --- hardening: the client's body broke the exchange (over the limit: 413; bad
+        // framing: 400), not the upstream.
+        Err(e) if DownstreamBodyError::status_of(&e).is_some() => downstream_body_reply(&e),
         Err(_) => {
             cluster.upstream.stats.upstream_errors.inc();
             local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n")
@@ -209,7 +214,7 @@ async fn forward_with_policy(
     target: &Target,
     policy: Option<&RoutePolicy>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     pq: PathAndQuery,
 ) -> Response<ProxyBody> {
     let cluster = &target.cluster;
@@ -270,7 +275,7 @@ async fn tries(
     target: &Target,
     policy: Option<&RoutePolicy>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     pq: PathAndQuery,
     mut guard: Option<BreakerGuard>,
 ) -> Response<ProxyBody> {
@@ -286,7 +291,7 @@ async fn tries(
     let limit = retry.map_or(DEFAULT_BUFFER_LIMIT, |r| r.buffer_limit);
     let mut body = body;
     let mut copy = None;
-    let (mut buffered, mut streamed): (Option<Bytes>, Option<RequestBody>) = if body.is_end_stream() {
+    let (mut buffered, mut streamed): (Option<Bytes>, Option<OutgoingBody>) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
     } else if retry.is_some() || mirror.is_some() {
         match retry::buffer_known(&mut body, limit).await {
@@ -316,7 +321,7 @@ async fn tries(
     let mut _retry_place: Option<BreakerGuard> = None;
     loop {
         let last = (buffered.is_none() && copy.is_none()) || retry.is_none_or(|r| done >= r.attempts);
-        let body: RequestBody = match (&buffered, streamed.take()) {
+        let body: OutgoingBody = match (&buffered, streamed.take()) {
             (Some(b), _) => Either::Right(Either::Left(Full::new(b.clone()))),
             (None, Some(s)) => s,
             (None, None) => return local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
@@ -365,6 +370,8 @@ async fn tries(
                 (TryOutcome::ConnectTimeout, None)
             }
             Some(Err(e)) if e.is_connect() => (TryOutcome::ConnectFailure, None),
+            // The client's body broke the exchange: its fault, answered at once, not retried.
+            Some(Err(e)) if DownstreamBodyError::status_of(&e).is_some() => return downstream_body_reply(&e),
             Some(Err(e)) if refused_stream(&e) => (TryOutcome::RefusedStream, None),
             Some(Err(_)) => {
                 stats.upstream_errors.inc();
@@ -417,6 +424,22 @@ async fn tries(
             (_, None) => local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
         };
     }
+}
+
+/// 413 or 400 for a request whose own body failed on its way upstream; the connection
+/// closes, since the rest of that body is not read.
+fn downstream_body_reply(e: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+    let (status, text, kind) = match DownstreamBodyError::status_of(e) {
+        Some(StatusCode::PAYLOAD_TOO_LARGE) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", ProtocolErrorKind::BodyTooLarge)
+        }
+        _ => (StatusCode::BAD_REQUEST, "malformed request body\n", ProtocolErrorKind::Malformed),
+    };
+    let mut resp = local_reply(status, text);
+    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    // The listener counts it (http/limits.rs, `Refused`).
+    resp.extensions_mut().insert(Refused(kind));
+    resp
 }
 
 /// The 503 of a tripped circuit breaker, at once, with `x-pymesh-overflow` saying so.

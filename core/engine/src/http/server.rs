@@ -1,6 +1,12 @@
 //! The server side of HTTP connections: HTTP/1.1 and HTTP/2 on one connection type, chosen
-//! by hyper-util's preface sniffing (h2c prior knowledge) or by TLS ALPN, with upgrades.
+//! by hyper-util's preface sniffing (h2c prior knowledge) or by TLS ALPN, with upgrades;
+//! each listener's limits applied (http/limits.rs), and idle connections closed.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -8,67 +14,271 @@ use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::limits::HttpLimits;
 use crate::listener::Stop;
+use crate::metrics::{ProtocolErrorKind, ProtocolErrors};
 
-/// How long a client may take to send a request's head before the connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Streams one HTTP/2 connection may have open at once (Envoy's default is larger; 1024 is
-/// what most servers use and bounds a client's share of the proxy).
-const MAX_CONCURRENT_STREAMS: u32 = 1024;
-/// HTTP/2 headers frames larger than this get the connection reset (431-equivalent).
-const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+/// How long an idle connection told to close may take to close before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// hyper's own HTTP/1 header count without a `max_headers` call (parsed on the stack).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
-/// The shared server settings for every HTTP connection.
-pub(crate) fn builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEADER_LIST_SIZE);
-    b
+/// One listener's HTTP server settings: hyper's builder made from its limits, and the idle
+/// timeout this module enforces itself (hyper has none for servers).
+#[derive(Debug)]
+pub(crate) struct HttpServer {
+    builder: auto::Builder<TokioExecutor>,
+    idle_timeout: Duration,
 }
 
-/// Serve one connection until it ends, or until `stop` fires and its in-flight requests end.
-/// `h2_only` skips the preface sniffing (ALPN already chose HTTP/2).
-pub(crate) async fn serve<I, S, B>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    service: S,
-    h2_only: bool,
-    mut stop: Stop,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let io = TokioIo::new(io);
-    if h2_only {
-        let h2 = builder.clone().http2_only();
-        let conn = h2.serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            () = stop.wait() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+impl HttpServer {
+    pub(crate) fn new(limits: &HttpLimits) -> Self {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        let header_bytes = limits.max_header_bytes as usize;
+        {
+            let mut h1 = b.http1();
+            h1.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .keep_alive(true)
+                // The read buffer bounds the request head: a head that does not fit gets 431.
+                // Bodies stream through it, so it is never smaller than the limit needs.
+                .max_buf_size(header_bytes);
+            if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+                // Any other count makes hyper parse headers on the heap; the default keeps
+                // them on the stack.
+                h1.max_headers(limits.max_headers);
             }
         }
-    } else {
-        let conn = builder.serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            () = stop.wait() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(limits.max_header_bytes);
+        Self { builder: b, idle_timeout: limits.idle_timeout }
+    }
+
+    /// Serve one connection until it ends, until `stop` fires and its in-flight requests end,
+    /// or until it has been idle (no request in flight, no byte either way) for the idle
+    /// timeout. `h2_only` skips the preface sniffing (ALPN already chose HTTP/2). What hyper
+    /// refused on the connection is counted in `errors`.
+    pub(crate) async fn serve<I, S, B>(
+        &self,
+        io: I,
+        service: S,
+        h2_only: bool,
+        mut stop: Stop,
+        errors: Option<&ProtocolErrors>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let activity = Arc::new(Activity::default());
+        let io = TokioIo::new(Tracked { inner: io, activity: Arc::clone(&activity) });
+        let service = Counted { inner: service, activity: Arc::clone(&activity) };
+        let result = if h2_only {
+            let h2 = self.builder.clone().http2_only();
+            let conn = h2.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = activity.idle(self.idle_timeout) => {
+                    conn.as_mut().graceful_shutdown();
+                    // Nothing is in flight: HTTP/1 closes at once; HTTP/2 waits for the
+                    // client's PING answer, which a hostile client never sends.
+                    tokio::time::timeout(self.idle_timeout.min(IDLE_CLOSE_GRACE), conn).await.unwrap_or(Ok(()))
+                }
+            }
+        } else {
+            let conn = self.builder.serve_connection_with_upgrades(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = activity.idle(self.idle_timeout) => {
+                    conn.as_mut().graceful_shutdown();
+                    // Nothing is in flight: HTTP/1 closes at once; HTTP/2 waits for the
+                    // client's PING answer, which a hostile client never sends.
+                    tokio::time::timeout(self.idle_timeout.min(IDLE_CLOSE_GRACE), conn).await.unwrap_or(Ok(()))
+                }
+            }
+        };
+        if let (Err(e), Some(errors)) = (result, errors) {
+            if let Some(kind) = classify(&*e) {
+                errors.inc(kind);
             }
         }
     }
 }
+
+/// What a connection error says about the client, if it is the client's fault.
+fn classify(err: &(dyn std::error::Error + 'static)) -> Option<ProtocolErrorKind> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                return Some(ProtocolErrorKind::HeadersTooLarge);
+            }
+            if h.is_parse() || h.is_parse_version_h2() {
+                return Some(ProtocolErrorKind::Malformed);
+            }
+            if h.is_timeout() {
+                return Some(ProtocolErrorKind::HeaderTimeout);
+            }
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            // A GOAWAY this side sent for a protocol violation of the client's.
+            let ours = h2.is_go_away() && h2.is_library();
+            return (ours && h2.reason().is_some_and(|r| r != h2::Reason::NO_ERROR))
+                .then_some(ProtocolErrorKind::Malformed);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+// === idle tracking ===
+
+/// What the idle watchdog reads: whether bytes moved since it last looked, and how many
+/// requests are being answered.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    touched: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    /// Resolves once the connection has had no request in flight and no byte either way
+    /// for `timeout` (give or take a quarter of it: the watchdog looks four times per
+    /// timeout, so the request path pays one relaxed store per read or write, not a clock).
+    async fn idle(&self, timeout: Duration) {
+        let tick = (timeout / 4).max(Duration::from_millis(1));
+        let mut quiet = Duration::ZERO;
+        loop {
+            tokio::time::sleep(tick).await;
+            let busy =
+                self.touched.swap(false, Ordering::Relaxed) || self.in_flight.load(Ordering::Relaxed) > 0;
+            quiet = if busy { Duration::ZERO } else { quiet + tick };
+            if quiet >= timeout {
+                return;
+            }
+        }
+    }
+}
+
+/// The connection's transport, marking `activity` when bytes move.
+struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() != before {
+            this.activity.touched.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touched.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touched.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection's service, counting the requests it is answering.
+struct Counted<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+/// Decrements the in-flight count when the response head is ready (or the request is
+/// dropped); the body that follows moves bytes, which count as activity.
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: Service<R>, R> Service<R> for Counted<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = CountedFuture<S::Future>;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(Arc::clone(&self.activity));
+        CountedFuture { inner: self.inner.call(req), guard: Some(guard) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's response future, holding its in-flight count until the head is ready.
+    pub(crate) struct CountedFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for CountedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        this.guard.take();
+        Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::http::limits::{DownstreamBodyError, RequestBody};
 
 use super::TryOutcome;
 use crate::config::RetrySpec;
@@ -128,7 +130,7 @@ impl RetryPolicy {
 /// Read a body of known length up to `limit` to its end (the client has committed to sending
 /// it), for every try to get a copy; `None`: it cannot be read so (unknown length, or too
 /// long). Bodies of unknown length go through a [`Tee`] instead.
-pub(crate) async fn buffer_known(body: &mut Incoming, limit: u64) -> Option<Result<Bytes, ()>> {
+pub(crate) async fn buffer_known(body: &mut RequestBody, limit: u64) -> Option<Result<Bytes, ()>> {
     if body.size_hint().exact().is_none_or(|n| n > limit) {
         return None;
     }
@@ -150,7 +152,7 @@ pub(crate) async fn buffer_known(body: &mut Incoming, limit: u64) -> Option<Resu
 /// behind a mutex that only this request's tasks touch (uncontended).
 #[derive(Debug)]
 pub(crate) struct Tee {
-    inner: Incoming,
+    inner: RequestBody,
     copy: Arc<Mutex<Copy>>,
 }
 
@@ -165,7 +167,7 @@ pub(crate) struct Copy {
 }
 
 impl Tee {
-    pub(crate) fn new(inner: Incoming, limit: u64) -> (Self, Arc<Mutex<Copy>>) {
+    pub(crate) fn new(inner: RequestBody, limit: u64) -> (Self, Arc<Mutex<Copy>>) {
         let copy = Arc::new(Mutex::new(Copy { limit, ..Copy::default() }));
         (Self { inner, copy: Arc::clone(&copy) }, copy)
     }
@@ -187,12 +189,12 @@ impl Copy {
 
 impl Body for Tee {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = DownstreamBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, DownstreamBodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(step) = &polled {
             let mut copy = self.copy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -1,18 +1,15 @@
-//! Timeouts: which one fired, the 504 that says so, the upstream-idle guard on response
-//! bodies, and the downstream-idle watch on HTTP connections. Connect timeouts are the
-//! connector's (`PoolSettings::connect_timeout`); per-try and whole-request timeouts wrap the
-//! futures in `http/proxy.rs`.
+//! Timeouts: which one fired, the 504 that says so, and the upstream-idle guard on response
+//! bodies. Connect timeouts are the connector's (`PoolSettings::connect_timeout`); per-try
+//! and whole-request timeouts wrap the futures in `http/proxy.rs`; downstream idle is the
+//! listener's `limits` (http/limits.rs).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::breaker::BreakerGuard;
@@ -133,131 +130,10 @@ impl Body for UpstreamBody {
     }
 }
 
-// === downstream idle ===
-
-/// A downstream connection that notes when bytes last moved either way, so that
-/// [`IdleWatch::expired`] can close it after a spell with none (the listener's
-/// `idle_timeout`). One clock read per read or write that moved bytes.
-#[derive(Debug)]
-pub(crate) struct IdleIo<T> {
-    inner: T,
-    watch: IdleWatch,
-}
-
-/// The other end of an [`IdleIo`]: when its connection went quiet.
-#[derive(Debug, Clone)]
-pub(crate) struct IdleWatch {
-    base: Instant,
-    /// Milliseconds since `base` when bytes last moved.
-    last: Arc<AtomicU64>,
-}
-
-impl<T> IdleIo<T> {
-    pub(crate) fn new(inner: T) -> (Self, IdleWatch) {
-        let watch = IdleWatch { base: Instant::now(), last: Arc::new(AtomicU64::new(0)) };
-        (Self { inner, watch: watch.clone() }, watch)
-    }
-
-    #[inline]
-    fn touch(&self) {
-        let ms = u64::try_from(self.watch.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.watch.last.store(ms, Ordering::Relaxed);
-    }
-}
-
-impl IdleWatch {
-    /// Resolves once no bytes have moved for `idle`.
-    pub(crate) async fn expired(&self, idle: Duration) {
-        loop {
-            let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-            let deadline = self.base + last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.touch();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-
-    #[tokio::test]
-    async fn an_idle_watch_fires_only_after_a_quiet_spell() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (a, mut b) = tokio::io::duplex(64);
-        let (mut io, watch) = IdleIo::new(a);
-        let idle = Duration::from_millis(60);
-        let start = Instant::now();
-        let expired = tokio::spawn({
-            let watch = watch.clone();
-            async move { watch.expired(idle).await }
-        });
-        // Keep bytes moving for ~150 ms: the watch must not fire meanwhile.
-        for _ in 0..5 {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            io.write_all(b"x").await.unwrap();
-            let mut one = [0u8; 1];
-            b.read_exact(&mut one).await.unwrap();
-            assert!(!expired.is_finished(), "fired while bytes moved");
-        }
-        expired.await.unwrap();
-        assert!(start.elapsed() >= Duration::from_millis(150 + 60));
-    }
 
     #[tokio::test]
     async fn the_504_names_the_timeout() {

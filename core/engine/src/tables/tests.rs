@@ -32,7 +32,7 @@ fn snapshot(extra_route: &str, clusters: &str) -> Snapshot {
     let text = format!(
         r#"{{"version": 4,
             "listeners": [{{"name": "in", "listen": "127.0.0.1:0", "routes": [{r0}{extra_route}],
-                "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000}}],
+                "protocol": "http", "tls": null, "to": [], "sni_routes": [], "idle_timeout_ms": 1000, "limits": {{"max_request_headers": 100, "max_request_header_bytes": 61440, "header_read_timeout_ms": 30000, "idle_timeout_ms": 3600000, "max_concurrent_streams": 100, "max_request_body_bytes": null}}}}],
             "clusters": [{clusters}]}}"#
     );
     Snapshot::from_json(&text).unwrap()

@@ -1,0 +1,69 @@
+"""The config store and the diff, in process (no proxy): versions commit only when the
+apply inside ``append`` returns, leases persist, and diffs name list items by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pymesh.diff import config_diff, format_change
+from pymesh.store import Lease, SqliteStore
+
+
+def test_append_commits_on_success_and_discards_on_error(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "pymesh.db")
+    assert store.latest() is None
+    with store.append({"a": 1}, token="admin", source="file", diff=[]) as v:
+        assert v == 1
+    with pytest.raises(RuntimeError), store.append({"a": 2}, token=None, source="api", diff=[]):
+        raise RuntimeError("the core refused it")
+    with store.append({"a": 3}, token=None, source="api", diff=[{"op": "add"}]) as v:
+        assert v == 2  # the refused one left no gap
+    store.close()
+
+    reopened = SqliteStore(tmp_path / "pymesh.db")
+    latest = reopened.latest()
+    assert latest is not None
+    assert (latest.version, latest.config, latest.token) == (2, {"a": 3}, None)
+    assert reopened.get(1) is not None
+    assert reopened.get(3) is None
+    assert [v.version for v in reopened.history(10)] == [2, 1]
+    assert [v.version for v in reopened.history(10, before=2)] == [1]
+    reopened.put_lease(Lease("c", "127.0.0.1:1", 1500))
+    reopened.put_lease(Lease("c", "127.0.0.1:1", 2500))
+    assert reopened.leases() == [Lease("c", "127.0.0.1:1", 2500)]
+    reopened.drop_lease("c", "127.0.0.1:1")
+    assert reopened.leases() == []
+    reopened.close()
+
+
+def test_diff_names_list_items_by_name() -> None:
+    old = {
+        "listeners": [{"name": "a", "listen": "1"}, {"name": "b", "listen": "2"}],
+        "workers": None,
+        "list": [1, 2],
+    }
+    new = {
+        "listeners": [
+            {"name": "x", "listen": "0"},
+            {"name": "a", "listen": "9"},
+            old["listeners"][1],
+        ],
+        "drain_timeout": "5s",
+        "list": [1, 2, 3],
+    }
+    changes = config_diff(old, new)
+    assert {"op": "replace", "path": "listeners[a].listen", "old": "1", "new": "9"} in changes
+    assert {"op": "add", "path": "listeners[x]", "new": {"name": "x", "listen": "0"}} in changes
+    assert not any(c["path"].startswith("listeners[b]") for c in changes)
+    assert {"op": "remove", "path": "workers", "old": None} in changes
+    assert {"op": "add", "path": "drain_timeout", "new": "5s"} in changes
+    assert {"op": "replace", "path": "list", "old": [1, 2], "new": [1, 2, 3]} in changes
+    assert config_diff(new, new) == []
+    assert format_change(changes[0]).startswith(("~ ", "+ ", "- "))
+
+    reordered = {"listeners": [old["listeners"][1], old["listeners"][0]]}
+    assert config_diff({"listeners": old["listeners"]}, reordered) == [
+        {"op": "replace", "path": "listeners.(order)", "old": ["a", "b"], "new": ["b", "a"]}
+    ]
