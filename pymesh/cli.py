@@ -26,7 +26,7 @@ from typing import NamedTuple
 import uvicorn
 from pydantic import ValidationError
 
-from pymesh import __version__, bench, cli_admin
+from pymesh import __version__, bench, cli_admin, policy_cli
 from pymesh._core import Core
 from pymesh.addresses import check_listen, format_host_port, split_host_port
 from pymesh.client import ADMIN_URL_FILE
@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench.command(args)
     if args.command in cli_admin.COMMANDS:
         return cli_admin.run_command(args)
+    if args.command == "policy":
+        return policy_cli.command(args)
     return _validate(args)
 
 
@@ -94,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bench.add_arguments(sub.add_parser("bench", help="load-test a URL (the bundled generator)"))
     cli_admin.add_commands(sub)
+    policy_cli.add_arguments(sub.add_parser("policy", help="explain effective traffic policies"))
     return parser
 
 

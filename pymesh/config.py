@@ -38,6 +38,14 @@ from pymesh.addresses import (
 from pymesh.documents import DocumentError, parse_document
 from pymesh.durations import Duration
 from pymesh.errors import ConfigError, ErrorItem
+from pymesh.policy import (
+    ClusterPolicyFields,
+    ListenerDefaults,
+    MeshDefaults,
+    RoutePolicyFields,
+    policy_problems,
+    union_branches_removed,
+)
 
 __all__ = [
     "FILE_LOC",
@@ -532,9 +540,10 @@ class Redirect(_Model):
         return self
 
 
-class Route(_Model):
+class Route(RoutePolicyFields):
     """Take matching requests and do exactly one of: forward them to clusters split by
-    weight (`to`), answer them (`direct_response`), or redirect them (`redirect`)."""
+    weight (`to`), answer them (`direct_response`), or redirect them (`redirect`). A route
+    that forwards may carry traffic policies (pymesh/policy.py)."""
 
     name: Name | None = Field(
         default=None,
@@ -708,6 +717,11 @@ class Listener(_Model):
         description="`tcp` and `tls-passthrough` listeners: a connection with no bytes either "
         "way for this long is closed.",
     )
+    defaults: ListenerDefaults | None = Field(
+        default=None,
+        description="`http` listeners: policy defaults for the listener's routes "
+        "(`{route: {timeout, retry, ...}}`); they override the mesh's `defaults.route`.",
+    )
     limits: Limits = Field(
         default_factory=Limits,
         description="`http` listeners: limits on what a client may send (header count and "
@@ -866,8 +880,9 @@ class HealthCheck(_Model):
         return None if self.tcp else (self.path or "/healthz")
 
 
-class Cluster(_Model):
-    """A named group of upstream endpoints that routes send requests to."""
+class Cluster(ClusterPolicyFields):
+    """A named group of upstream endpoints that routes send requests to. It may carry a
+    circuit breaker and outlier detection (pymesh/policy.py)."""
 
     name: Name = Field(description="Unique name of the cluster. Required.")
     endpoints: list[EndpointEntry] = Field(
@@ -976,6 +991,12 @@ class MeshConfig(_Model):
         default_factory=list,
         description="Upstream clusters that routes refer to by name. Default: none.",
     )
+    defaults: MeshDefaults = Field(
+        default_factory=MeshDefaults,
+        description="Mesh-wide policy defaults: `route` (timeout, retry, rate_limit, fault, "
+        "mirror...) and `cluster` (circuit_breaker, outlier_detection); listeners, routes "
+        "and clusters override them field by field.",
+    )
 
 
 def route_name(route: Route, index: int) -> str:
@@ -1081,6 +1102,8 @@ def check_config(cfg: MeshConfig) -> None:
                 err(f"{at}.routes.{j}.{loc}", msg)
         for loc, msg in _shadowed_routes(listener.routes, f"{at}.routes"):
             err(loc, msg)
+    for loc, msg in policy_problems(cfg):
+        err(loc, msg)
     if errors:
         raise ConfigError(errors)
 
@@ -1270,8 +1293,12 @@ def _shadowed_routes(routes: list[Route], at: str) -> list[tuple[str, str]]:
 def _from_pydantic(exc: ValidationError) -> ConfigError:
     items: list[ErrorItem] = []
     for e in exc.errors(include_url=False, include_input=False):
+        # Policy fields are "X or false": say what is wrong with X, without the branch names.
+        parts = union_branches_removed(e["loc"])
+        if parts is None:
+            continue
         # A bad mapping key is reported at the key itself, without pydantic's "[key]" part.
-        loc = ".".join(str(part) for part in e["loc"] if part != "[key]") or ROOT_LOC
+        loc = ".".join(str(part) for part in parts if part != "[key]") or ROOT_LOC
         msg = e["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)

@@ -28,6 +28,7 @@ from pymesh.config import (
     route_name,
 )
 from pymesh.durations import to_millis
+from pymesh.policy import cluster_snapshot, route_snapshot
 
 __all__ = ["to_snapshot", "to_snapshot_json"]
 
@@ -36,8 +37,13 @@ def to_snapshot(cfg: MeshConfig, version: int) -> dict[str, Any]:
     """The snapshot as plain data."""
     return {
         "version": version,
-        "listeners": [_listener(lst) for lst in cfg.listeners],
-        "clusters": [_cluster(c) for c in cfg.clusters],
+        "listeners": [
+            _listener(lst, [route_snapshot(cfg, i, j) for j in range(len(lst.routes))])
+            for i, lst in enumerate(cfg.listeners)
+        ],
+        "clusters": [
+            {**_cluster(c), "policy": cluster_snapshot(cfg, i)} for i, c in enumerate(cfg.clusters)
+        ],
     }
 
 
@@ -50,13 +56,16 @@ def _to(dests: list[WeightedCluster]) -> list[dict[str, Any]]:
     return [{"cluster": d.cluster, "weight": d.weight} for d in dests]
 
 
-def _listener(lst: Listener) -> dict[str, Any]:
+def _listener(lst: Listener, policies: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """``policies[j]``: the resolved policy of route ``j`` (pymesh/policy.py)."""
     passthrough = lst.protocol == "tls-passthrough"
     return {
         "name": lst.name,
         "listen": lst.listen,
         "protocol": lst.protocol,
-        "routes": [] if passthrough else [_route(route, i) for i, route in enumerate(lst.routes)],
+        "routes": []
+        if passthrough
+        else [{**_route(route, i), "policy": policies[i]} for i, route in enumerate(lst.routes)],
         "tls": None if lst.tls is None else _listener_tls(lst.tls),
         "to": _to(lst.to),
         "sni_routes": [

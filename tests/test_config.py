@@ -79,6 +79,21 @@ def test_duration_fields_validate_and_serialise_as_strings() -> None:
 
 # === defaults ===
 
+NO_ROUTE_POLICY = dict.fromkeys(
+    ["timeout", "per_try_timeout", "idle_timeout", "retry", "rate_limit", "fault", "mirror"]
+)
+NO_CLUSTER_POLICY = {"circuit_breaker": None, "outlier_detection": None}
+# The snapshot's policy of a route that gives none: the built-in 15 s timeout, nothing else.
+BUILTIN_ROUTE_SNAPSHOT = {
+    "timeout_ms": 15000,
+    "per_try_timeout_ms": None,
+    "idle_timeout_ms": None,
+    "retry": None,
+    "rate_limit": None,
+    "fault": None,
+    "mirror": None,
+}
+
 
 def test_defaults() -> None:
     assert MeshConfig().model_dump(mode="json") == {
@@ -87,11 +102,14 @@ def test_defaults() -> None:
         "drain_timeout": "5s",
         "listeners": [],
         "clusters": [],
+        # Policy defaults (pymesh/policy.py): none given, so the built-in ones apply.
+        "defaults": {"route": NO_ROUTE_POLICY, "cluster": NO_CLUSTER_POLICY},
     }
     cfg = load_config(minimal())
     listener = cfg.model_dump(mode="json")["listeners"][0]
     assert listener["protocol"] == "http"
     assert listener["routes"][0] == {
+        **NO_ROUTE_POLICY,
         "name": None,
         "match": {
             "host": None,
@@ -121,6 +139,7 @@ def test_defaults() -> None:
         "panic_threshold_percent": 50,
         "protocol": "http1",
         "tls": None,
+        **NO_CLUSTER_POLICY,
     }
 
 
@@ -409,6 +428,7 @@ def test_snapshot_json(tmp_path: Path) -> None:
                         "rewrite": {"path_prefix": None, "host": None},
                         "request_headers": {"set": [], "add": [], "remove": []},
                         "response_headers": {"set": [], "add": [], "remove": []},
+                        "policy": BUILTIN_ROUTE_SNAPSHOT,
                     }
                 ],
                 "protocol": "http",
@@ -442,6 +462,7 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "panic_threshold_percent": 50,
                 "protocol": "http1",
                 "tls": None,
+                "policy": None,
             },
             {
                 "name": "v2",
@@ -455,6 +476,7 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "panic_threshold_percent": 50,
                 "protocol": "http1",
                 "tls": None,
+                "policy": None,
             },
         ],
     }

@@ -10,6 +10,7 @@ from . import (
     listener_routes,
     listeners,
     policies,
+    policy,
     stats,
 )
 
@@ -23,5 +24,6 @@ api_router.include_router(endpoints.router)
 if policies.AVAILABLE:
     api_router.include_router(policies.router)
 api_router.include_router(stats.router)
+api_router.include_router(policy.router)
 
 __all__ = ["api_router"]

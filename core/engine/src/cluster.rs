@@ -23,6 +23,8 @@ use crate::config::{ClusterProtocol, ClusterSpec, HashOnSpec, HealthCheckSpec, L
 use crate::error::Error;
 use crate::http::client::Upstream;
 use crate::metrics::Metrics;
+use crate::policy::outlier::Outlier;
+use crate::policy::ClusterPolicy;
 use health::HealthGroup;
 use lb::{Balancer, InFlight, Load, Member, PickContext};
 
@@ -52,12 +54,16 @@ pub(crate) struct Cluster {
     rotation: ArcSwap<Rotation>,
     rebuilding: AtomicBool,
     pub(crate) upstream: Arc<Upstream>,
+    /// Circuit breaker, outlier detection and retry budget (policy/).
+    pub(crate) policy: ClusterPolicy,
 }
 
 /// The balancer over the endpoints in rotation, for one health epoch.
 #[derive(Debug)]
 struct Rotation {
     epoch: u64,
+    /// The outlier detector's epoch it was built for (0 without outlier detection).
+    ejection_epoch: u64,
     /// Endpoint index of each balancer member.
     members: Box<[usize]>,
     balancer: Box<dyn Balancer>,
@@ -122,7 +128,14 @@ impl Cluster {
                 Arc::new(HealthGroup::new(spec.health_check.clone(), addresses, gauges, stats))
             }
         };
-        let rotation = build_rotation(&endpoints, &health, spec.lb, spec.panic_threshold_percent);
+        let policy = ClusterPolicy::compile(spec.policy.as_ref(), path, endpoints.len(), &upstream.stats)?;
+        let rotation = build_rotation(
+            &endpoints,
+            &health,
+            policy.outlier.as_ref(),
+            spec.lb,
+            spec.panic_threshold_percent,
+        );
         Ok(Self {
             name: spec.name.as_str().into(),
             endpoints: endpoints.into(),
@@ -133,6 +146,7 @@ impl Cluster {
             rotation: ArcSwap::from_pointee(rotation),
             rebuilding: AtomicBool::new(false),
             upstream,
+            policy,
         })
     }
 
@@ -140,6 +154,16 @@ impl Cluster {
     /// `None` when no endpoint is in rotation. `peer` is the client's address.
     #[inline]
     pub(crate) fn pick<B>(&self, req: &Request<B>, peer: SocketAddr) -> Option<(&Authority, InFlight<'_>)> {
+        self.pick_indexed(req, peer).map(|(_, a, g)| (a, g))
+    }
+
+    /// As [`Cluster::pick`], with the endpoint's index (for `policy.outlier.observe`).
+    #[inline]
+    pub(crate) fn pick_indexed<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> Option<(usize, &Authority, InFlight<'_>)> {
         let hash = self.hash_on.as_ref().and_then(|h| h.hash(req, peer));
         self.pick_with(PickContext { hash }, self.lb == LbKind::Ewma)
     }
@@ -152,24 +176,36 @@ impl Cluster {
             Some(HashOn::SourceIp) => HashOn::SourceIp.hash(&Request::new(()), peer),
             _ => None,
         };
-        self.pick_with(PickContext { hash }, false)
+        self.pick_with(PickContext { hash }, false).map(|(_, a, g)| (a, g))
+    }
+
+    /// The outlier detector's epoch, after ending the ejections that are due (0 without one).
+    #[inline]
+    fn ejection_epoch(&self) -> u64 {
+        // --- policy: outlier ejection (policy/outlier.rs) takes endpoints out of rotation
+        // like failed health checks; its epoch moves on every ejection and return ---
+        self.policy.outlier.as_ref().map_or(0, |o| {
+            o.tick();
+            o.epoch()
+        })
     }
 
     #[inline]
-    fn pick_with(&self, ctx: PickContext, timed: bool) -> Option<(&Authority, InFlight<'_>)> {
+    fn pick_with(&self, ctx: PickContext, timed: bool) -> Option<(usize, &Authority, InFlight<'_>)> {
         let mut rotation = self.rotation.load();
-        if rotation.epoch != self.health.epoch() {
+        if rotation.epoch != self.health.epoch() || rotation.ejection_epoch != self.ejection_epoch() {
             self.rebuild();
             rotation = self.rotation.load();
         }
         let member = rotation.balancer.pick(&ctx)?;
-        let endpoint = &self.endpoints[rotation.members[member]];
+        let index = rotation.members[member];
+        let endpoint = &self.endpoints[index];
         // Only the balancers that read load pay for counting it (a shared atomic per request).
         let guard = match self.lb {
             LbKind::LeastRequest | LbKind::Ewma => endpoint.load.start(timed),
             _ => InFlight::untracked(),
         };
-        Some((&endpoint.authority, guard))
+        Some((index, &endpoint.authority, guard))
     }
 
     /// Rebuild the rotation for a new health epoch. One request does it; the others keep
@@ -179,9 +215,15 @@ impl Cluster {
         if self.rebuilding.swap(true, Ordering::AcqRel) {
             return;
         }
-        if self.rotation.load().epoch != self.health.epoch() {
-            let rotation =
-                build_rotation(&self.endpoints, &self.health, self.lb, self.panic_threshold_percent);
+        let current = self.rotation.load();
+        if current.epoch != self.health.epoch() || current.ejection_epoch != self.ejection_epoch() {
+            let rotation = build_rotation(
+                &self.endpoints,
+                &self.health,
+                self.policy.outlier.as_ref(),
+                self.lb,
+                self.panic_threshold_percent,
+            );
             self.rotation.store(Arc::new(rotation));
         }
         self.rebuilding.store(false, Ordering::Release);
@@ -197,18 +239,22 @@ impl Cluster {
     }
 }
 
-/// The endpoints in rotation: the healthy ones, or all of them when fewer than the panic
-/// threshold's share are healthy (Envoy's panic mode: better to try every endpoint than to
-/// crush the few that are left). The epoch is read first, so a transition during the build
-/// leaves the rotation stale and the next pick rebuilds it again.
+/// The endpoints in rotation: the healthy ones (and not ejected by outlier detection), or all
+/// of them when fewer than the panic threshold's share are (Envoy's panic mode: better to try
+/// every endpoint than to crush the few that are left). The epochs are read first, so a
+/// transition during the build leaves the rotation stale and the next pick rebuilds it again.
 fn build_rotation(
     endpoints: &[Endpoint],
     health: &HealthGroup,
+    outlier: Option<&Outlier>,
     lb: LbKind,
     panic_threshold: u32,
 ) -> Rotation {
     let epoch = health.epoch();
-    let healthy: Vec<usize> = (0..endpoints.len()).filter(|&i| health.endpoint(i).is_healthy()).collect();
+    let ejection_epoch = outlier.map_or(0, Outlier::epoch);
+    let healthy: Vec<usize> = (0..endpoints.len())
+        .filter(|&i| health.endpoint(i).is_healthy() && !outlier.is_some_and(|o| o.is_ejected(i)))
+        .collect();
     let panic = (healthy.len() as u64) * 100 < u64::from(panic_threshold) * endpoints.len() as u64;
     let members: Box<[usize]> = if panic { (0..endpoints.len()).collect() } else { healthy.into() };
     let balanced: Vec<Member> = members
@@ -218,7 +264,7 @@ fn build_rotation(
             Member { key: e.authority.as_str().into(), weight: e.weight, load: Arc::clone(&e.load) }
         })
         .collect();
-    Rotation { epoch, balancer: lb::build(lb, &balanced), members }
+    Rotation { epoch, ejection_epoch, balancer: lb::build(lb, &balanced), members }
 }
 
 fn compile_hash_on(lb: LbKind, spec: Option<&HashOnSpec>, path: &str) -> Result<Option<HashOn>, Error> {

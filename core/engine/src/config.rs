@@ -128,6 +128,9 @@ pub struct RouteSpec {
     pub request_headers: HeaderActionsSpec,
     /// Edits of the response's headers, whoever answered (upstream, direct, redirect).
     pub response_headers: HeaderActionsSpec,
+    /// Traffic policies (policy/), as the Python policy engine resolved them. Python always
+    /// writes it; absent or null: no policy at all (the request path pays nothing).
+    pub policy: Option<RoutePolicySpec>,
 }
 
 /// A route's conditions; all of them must hold. Exactly one of `path`, `path_prefix` and
@@ -240,6 +243,8 @@ pub struct ClusterSpec {
     pub protocol: ClusterProtocol,
     /// TLS to the endpoints; none: plaintext.
     pub tls: Option<ClientTlsSpec>,
+    /// Circuit breaker and outlier detection (policy/); absent or null: neither.
+    pub policy: Option<ClusterPolicySpec>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -338,6 +343,148 @@ pub struct HealthCheckSpec {
     pub timeout_ms: u64,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+}
+
+// === policies (resolved by pymesh/policy.py; enforced by policy/) ===
+
+/// A route's resolved policies; `None` fields are off.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePolicySpec {
+    /// Whole request: from the route's choice to the upstream response's head, all tries and
+    /// backoffs included. Expiry answers 504.
+    pub timeout_ms: Option<u64>,
+    /// One try: from sending to the response head. Expiry answers 504, or retries.
+    pub per_try_timeout_ms: Option<u64>,
+    /// Upstream idle: the longest gap between frames of the upstream response body; expiry
+    /// aborts the response (its head is already sent).
+    pub idle_timeout_ms: Option<u64>,
+    pub retry: Option<RetrySpec>,
+    pub rate_limit: Option<RateLimitSpec>,
+    pub fault: Option<FaultSpec>,
+    pub mirror: Option<MirrorSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Retries after the first try (0 turns retries off).
+    pub attempts: u32,
+    pub on: RetryOnSpec,
+    /// The route's requests may be replayed whatever their method (an explicit opt-in).
+    pub idempotent: bool,
+    /// First backoff; each later one doubles, up to `max_backoff_ms`; jittered.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Retries may add this percentage to the cluster's request rate...
+    pub budget_percent: f64,
+    /// ...plus this many per second.
+    pub min_retries_per_second: u32,
+    /// Request bodies up to this many bytes are buffered for replay; larger ones stream
+    /// through and are not retried.
+    pub buffer_limit: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOnSpec {
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub refused_stream: bool,
+    /// Response statuses that are retried (100-599).
+    pub statuses: Vec<u16>,
+    /// `grpc-status` codes that are retried (0-16).
+    pub grpc_statuses: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub requests_per_second: f64,
+    /// Requests that may come at once after an idle spell (the bucket's size), at least 1.
+    pub burst: u32,
+    /// One bucket per value of this header (absent: one bucket for all).
+    pub key_header: Option<String>,
+    /// One bucket per client IP (not with `key_header`).
+    pub key_client_ip: bool,
+    /// Buckets kept for keys, at most; beyond it keys share buckets (stricter, never looser).
+    pub max_keys: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    pub delay: Option<FaultDelaySpec>,
+    pub abort: Option<FaultAbortSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelaySpec {
+    pub duration_ms: u64,
+    /// 0-100.
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbortSpec {
+    /// 200-599.
+    pub status: u16,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    pub cluster: String,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterPolicySpec {
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    pub outlier_detection: Option<OutlierSpec>,
+}
+
+/// Limits on what one cluster may have at once; beyond them requests get 503 at once.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSpec {
+    pub max_connections: u64,
+    /// Requests waiting for their response head.
+    pub max_pending: u64,
+    /// Requests in flight (until their response body ends).
+    pub max_requests: u64,
+    /// Retries in flight.
+    pub max_retries: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSpec {
+    /// Consecutive 5xx (gateway errors included) that eject an endpoint; 0: off.
+    pub consecutive_5xx: u32,
+    /// Consecutive gateway errors (502, 503, 504, connect failure, reset, timeout); 0: off.
+    pub consecutive_gateway_errors: u32,
+    /// Success-rate ejection over a window; none: off.
+    pub success_rate: Option<SuccessRateSpec>,
+    /// An endpoint's n-th ejection lasts n times this, up to `max_ejection_ms`.
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+    /// At most this percentage of the endpoints is ejected at once (at least one may be).
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessRateSpec {
+    /// Endpoints whose success percentage over a window falls below this are ejected.
+    pub minimum_percent: f64,
+    /// Only endpoints with at least this many requests in the window are judged.
+    pub request_volume: u32,
+    pub interval_ms: u64,
 }
 
 impl Snapshot {

@@ -10,10 +10,9 @@ pub(crate) mod server;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-
-/// What the proxy answers with: the upstream's streamed body, or a small local one.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// What the proxy answers with: the upstream's streamed body (with what policies attach to
+/// it), or a small local one.
+pub(crate) type ProxyBody = Either<crate::policy::timeouts::UpstreamBody, Full<Bytes>>;
 
 /// A short plain-text answer the proxy gives itself (404 no route, 503 no upstream...).
 pub(crate) fn local_reply(status: http::StatusCode, text: &'static str) -> http::Response<ProxyBody> {

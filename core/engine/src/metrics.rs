@@ -167,11 +167,27 @@ pub(crate) struct ClusterStats {
     pub(crate) connect_failures: Counter,
     /// Requests that failed after a connection was made (reset, protocol error): 502s.
     pub(crate) upstream_errors: Counter,
+    // --- policies (policy/) ---
+    /// By `policy::timeouts::Kind`.
+    pub(crate) timeouts: [Counter; 4],
+    pub(crate) retries: Counter,
+    pub(crate) budget_exhausted: Counter,
+    /// Circuit-breaker overflows, by `policy::breaker::Limit`.
+    pub(crate) overflows: [Counter; 4],
+    pub(crate) ejections: Counter,
+    /// Endpoints ejected now.
+    pub(crate) ejected: Gauge,
+    /// Requests copied to this cluster as a mirror's shadow.
+    pub(crate) mirrored: Counter,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct RouteStats {
     pub(crate) duration: Histogram,
+    // --- policies (policy/) ---
+    pub(crate) rate_limited: Counter,
+    pub(crate) faults_delayed: Counter,
+    pub(crate) faults_aborted: Counter,
 }
 
 /// Active health checks of one cluster, by result.
@@ -403,6 +419,8 @@ impl Metrics {
             );
         }
 
+        render_policies(&reg, &mut out);
+
         header(&mut out, "tls_handshake_failures_total", "counter", "Downstream TLS handshakes that failed.");
         let _ = writeln!(out, "pymesh_tls_handshake_failures_total {}", self.tls_handshake_failures.get());
         header(&mut out, "config_version", "gauge", "Version of the config now serving.");
@@ -410,6 +428,61 @@ impl Metrics {
         header(&mut out, "config_apply_errors_total", "counter", "Snapshots the core refused.");
         let _ = writeln!(out, "pymesh_config_apply_errors_total {}", self.config_apply_errors.get());
         out
+    }
+}
+
+/// The policy counters (policy/): per cluster, and per route for route-level policies.
+fn render_policies(reg: &Registry, out: &mut String) {
+    use crate::policy::{breaker::Limit, timeouts::Kind};
+    header(out, "timeouts_total", "counter", "Requests that ran out of time, by which timeout fired.");
+    for (c, s) in &reg.clusters {
+        for kind in Kind::ALL {
+            let v = s.timeouts[kind as usize].get();
+            sample(out, "timeouts_total", &[("cluster", c)], &[("kind", kind.label())], v);
+        }
+    }
+    type Read = fn(&ClusterStats) -> u64;
+    let per_cluster: [(&str, &str, Read); 4] = [
+        ("retries_total", "Retries sent upstream.", |s| s.retries.get()),
+        ("retry_budget_exhausted_total", "Retries refused because the cluster's budget was spent.", |s| {
+            s.budget_exhausted.get()
+        }),
+        ("outlier_ejections_total", "Endpoints ejected by outlier detection.", |s| s.ejections.get()),
+        ("mirrored_requests_total", "Copies of requests sent to this cluster as a shadow.", |s| {
+            s.mirrored.get()
+        }),
+    ];
+    for (name, help, get) in per_cluster {
+        header(out, name, "counter", help);
+        for (c, s) in &reg.clusters {
+            sample(out, name, &[("cluster", c)], &[], get(s));
+        }
+    }
+    header(out, "outlier_ejected_endpoints", "gauge", "Endpoints ejected now.");
+    for (c, s) in &reg.clusters {
+        sample_i(out, "outlier_ejected_endpoints", &[("cluster", c)], s.ejected.get());
+    }
+    header(
+        out,
+        "circuit_breaker_overflows_total",
+        "counter",
+        "Requests (or retries) refused by the cluster's circuit breaker, by limit.",
+    );
+    for (c, s) in &reg.clusters {
+        for limit in Limit::ALL {
+            let v = s.overflows[limit as usize].get();
+            sample(out, "circuit_breaker_overflows_total", &[("cluster", c)], &[("limit", limit.label())], v);
+        }
+    }
+    header(out, "rate_limited_total", "counter", "Requests answered 429 by the route's rate limit.");
+    for ((l, r), s) in &reg.routes {
+        sample(out, "rate_limited_total", &[("listener", l), ("route", r)], &[], s.rate_limited.get());
+    }
+    header(out, "faults_injected_total", "counter", "Requests given an injected fault, by kind.");
+    for ((l, r), s) in &reg.routes {
+        let labels = [("listener", l.as_str()), ("route", r.as_str())];
+        sample(out, "faults_injected_total", &labels, &[("kind", "delay")], s.faults_delayed.get());
+        sample(out, "faults_injected_total", &labels, &[("kind", "abort")], s.faults_aborted.get());
     }
 }
 

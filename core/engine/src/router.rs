@@ -326,6 +326,8 @@ pub(crate) struct Target {
     pub(crate) route_stats: Arc<RouteStats>,
     /// The route's rewrites and header edits, shared by its targets.
     pub(crate) actions: Arc<ForwardActions>,
+    /// The route's traffic policies (policy/), shared by its targets; none: no policy.
+    pub(crate) policy: Option<Arc<crate::policy::RoutePolicy>>,
 }
 
 /// A weighted split over targets.

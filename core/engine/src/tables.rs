@@ -105,6 +105,11 @@ pub(crate) fn compile(
             max_idle_per_endpoint: spec.max_idle_per_endpoint,
             idle_timeout: positive_ms(spec.idle_timeout_ms, &format!("{path}.idle_timeout_ms"))?,
             protocol: spec.protocol,
+            max_connections: spec
+                .policy
+                .as_ref()
+                .and_then(|p| p.circuit_breaker.as_ref())
+                .map(|b| b.max_connections),
         };
         let tls = match &spec.tls {
             Some(t) => Some((crate::tls::client_config(t, &format!("{path}.tls"))?, t.sni.clone())),
@@ -259,6 +264,12 @@ fn compile_route(
                     || !r.request_headers.remove.is_empty(),
             ),
         ];
+        if r.policy.is_some() {
+            return Err(Error::config(
+                format!("{rpath}.policy"),
+                "traffic policies apply only to forwarded requests (a route with to)",
+            ));
+        }
         if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
             return Err(Error::config(
                 format!("{rpath}.{field}"),
@@ -283,16 +294,23 @@ fn compile_route(
         &matcher.path,
         rpath,
     )?);
+    let policy =
+        crate::policy::RoutePolicy::compile(r.policy.as_ref(), rpath, clusters, Arc::clone(&route_stats))?
+            .map(Arc::new);
     let mut weighted = Vec::with_capacity(r.to.len());
     for (k, w) in r.to.iter().enumerate() {
         let cluster = clusters.get(&w.cluster).ok_or_else(|| {
             Error::config(format!("{rpath}.to.{k}.cluster"), format!("unknown cluster {:?}", w.cluster))
         })?;
+        if policy.as_ref().is_some_and(|p| p.retry.is_some()) {
+            cluster.policy.budget.enable();
+        }
         let target = Target {
             cluster: Arc::clone(cluster),
             counters: metrics.target(listener, &r.name, &w.cluster),
             route_stats: Arc::clone(&route_stats),
             actions: Arc::clone(&actions),
+            policy: policy.clone(),
         };
         weighted.push((w.weight, Arc::new(target)));
     }

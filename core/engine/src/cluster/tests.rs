@@ -33,6 +33,7 @@ fn spec(lb: LbKind, hash_on: Option<HashOnSpec>, endpoints: &[(&str, u32)], pani
         panic_threshold_percent: panic,
         protocol: crate::config::ClusterProtocol::Http1,
         tls: None,
+        policy: None,
     }
 }
 
@@ -42,6 +43,7 @@ fn compile(spec: &ClusterSpec) -> Cluster {
         max_idle_per_endpoint: 1,
         idle_timeout: Duration::from_secs(1),
         protocol: crate::config::ClusterProtocol::Http1,
+        max_connections: None,
     };
     let upstream = Arc::new(Upstream::new(settings, None, Arc::default()));
     Cluster::compile(spec, "clusters.0", upstream, None, &Metrics::default()).unwrap()
@@ -194,5 +196,49 @@ fn only_load_reading_balancers_count_requests_in_flight() {
         assert_eq!(c.endpoints[0].load.in_flight(), counted, "{lb:?}");
         drop(guard);
         assert_eq!(c.endpoints[0].load.in_flight(), 0);
+    }
+}
+
+// === outlier ejection (policy/outlier.rs) in the rotation ===
+
+#[test]
+fn an_ejected_endpoint_leaves_the_rotation_of_every_balancer_and_returns() {
+    use crate::config::{ClusterPolicySpec, OutlierSpec};
+    use crate::policy::TryOutcome;
+    let outlier = OutlierSpec {
+        consecutive_5xx: 1,
+        consecutive_gateway_errors: 0,
+        success_rate: None,
+        base_ejection_ms: 30,
+        max_ejection_ms: 30,
+        max_ejection_percent: 50,
+    };
+    let addresses = [("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)];
+    for (lb, hash_on) in [
+        (LbKind::RoundRobin, None),
+        (LbKind::LeastRequest, None),
+        (LbKind::Maglev, Some(HashOnSpec { header: None, cookie: None, source_ip: true })),
+    ] {
+        let mut s = spec(lb, hash_on, &addresses, 0);
+        s.policy =
+            Some(ClusterPolicySpec { circuit_breaker: None, outlier_detection: Some(outlier.clone()) });
+        let c = compile(&s);
+        let req = request(&[]);
+        let (first, _, _) = c.pick_indexed(&req, peer("10.0.0.1")).unwrap();
+        c.policy.outlier.as_ref().unwrap().observe(first, TryOutcome::Response { status: 503, grpc: None });
+        for k in 0..30 {
+            let (i, _, _) = c.pick_indexed(&req, peer(&format!("10.0.0.{k}"))).unwrap();
+            assert_ne!(i, first, "{lb:?}: the ejected endpoint is out of rotation");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let back =
+                (0..30).any(|k| c.pick_indexed(&req, peer(&format!("10.0.0.{k}"))).unwrap().0 == first);
+            if back {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{lb:?}: the endpoint never returned");
+            std::thread::yield_now();
+        }
     }
 }

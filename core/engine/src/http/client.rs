@@ -30,14 +30,36 @@ pub(crate) struct PoolSettings {
     pub(crate) max_idle_per_endpoint: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) protocol: ClusterProtocol,
+    /// The circuit breaker's `max_connections` (policy/breaker.rs): a connect beyond it fails
+    /// at once with [`ConnectionLimit`]. None: no limit.
+    pub(crate) max_connections: Option<u64>,
 }
+
+/// The connect error of a cluster at its circuit breaker's `max_connections`.
+#[derive(Debug)]
+pub(crate) struct ConnectionLimit;
+
+impl std::fmt::Display for ConnectionLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("circuit breaker: max_connections reached")
+    }
+}
+
+impl std::error::Error for ConnectionLimit {}
+
+/// What the pools carry upstream: the downstream body streamed through, a buffered copy (a
+/// body kept for retries, or a mirror's copy), or the body streamed while a copy is kept.
+pub(crate) type OutgoingBody = http_body_util::Either<
+    RequestBody,
+    http_body_util::Either<http_body_util::Full<bytes::Bytes>, crate::policy::retry::Tee>,
+>;
 
 /// A pooled client over plaintext or TLS; two concrete types rather than one boxed
 /// connector, so the plaintext path pays nothing for TLS.
 #[derive(Debug)]
 enum Pool {
-    Plain(Client<CountingConnector<HttpConnector>, RequestBody>),
-    Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, RequestBody>),
+    Plain(Client<CountingConnector<HttpConnector>, OutgoingBody>),
+    Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, OutgoingBody>),
 }
 
 /// A cluster's pooled client and its statistics.
@@ -71,7 +93,11 @@ impl Upstream {
             None => {
                 builder.http2_only(settings.protocol == ClusterProtocol::Http2);
                 (
-                    Pool::Plain(builder.build(CountingConnector { inner: http, stats: Arc::clone(&stats) })),
+                    Pool::Plain(builder.build(CountingConnector {
+                        inner: http,
+                        stats: Arc::clone(&stats),
+                        max: settings.max_connections,
+                    })),
                     http::uri::Scheme::HTTP,
                 )
             }
@@ -91,7 +117,11 @@ impl Upstream {
                 };
                 builder.http2_only(settings.protocol == ClusterProtocol::Http2);
                 (
-                    Pool::Tls(builder.build(CountingConnector { inner: https, stats: Arc::clone(&stats) })),
+                    Pool::Tls(builder.build(CountingConnector {
+                        inner: https,
+                        stats: Arc::clone(&stats),
+                        max: settings.max_connections,
+                    })),
                     http::uri::Scheme::HTTPS,
                 )
             }
@@ -104,7 +134,7 @@ impl Upstream {
     }
 
     #[inline]
-    pub(crate) fn request(&self, req: http::Request<RequestBody>) -> ResponseFuture {
+    pub(crate) fn request(&self, req: http::Request<OutgoingBody>) -> ResponseFuture {
         match &self.pool {
             Pool::Plain(c) => c.request(req),
             Pool::Tls(c) => c.request(req),
@@ -120,6 +150,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct CountingConnector<C> {
     inner: C,
     stats: Arc<ClusterStats>,
+    max: Option<u64>,
 }
 
 impl<C> Service<http::Uri> for CountingConnector<C>
@@ -139,6 +170,13 @@ where
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        // --- policy: circuit breaker max_connections ---
+        if let Some(max) = self.max {
+            if u64::try_from(self.stats.active_connections.get()).unwrap_or(0) >= max {
+                self.stats.overflows[crate::policy::breaker::Limit::Connections as usize].inc();
+                return Box::pin(std::future::ready(Err(Box::new(ConnectionLimit) as BoxError)));
+            }
+        }
         let connecting = self.inner.call(uri);
         let stats = Arc::clone(&self.stats);
         Box::pin(async move {

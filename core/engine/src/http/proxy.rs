@@ -8,25 +8,45 @@
 //! downstream protocol, and the cluster's client speaks what the cluster is configured for.
 //! HTTP/1.1 upgrades (WebSocket) are forwarded with their upgrade headers and, once the
 //! upstream answers 101, the two connections are spliced until either side closes.
+//!
+//! Traffic policies (policy/) run here, in this order: rate limit (429), fault injection
+//! (delay, abort), circuit breaker admission (503), body buffering for replay, mirroring,
+//! then the tries under the whole-request timeout (504), each try under its per-try timeout
+//! and the pending-request limit, observed by outlier detection and retried as the retry
+//! policy, the budget and the breaker allow. A route with no policy, to a cluster with no
+//! breaker or outlier detection, takes the plain path and pays one branch for all of it.
 
 use std::convert::Infallible;
+use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{CONNECTION, HOST, UPGRADE};
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, RETRY_AFTER, UPGRADE};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
+use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 
+use super::client::{ConnectionLimit, OutgoingBody};
 use super::headers::strip_hop_by_hop;
 use super::limits::{DownstreamBodyError, Refused, RequestBody};
 use super::{local_reply, ProxyBody};
 use crate::cluster::Cluster;
 use crate::engine::Shared;
 use crate::metrics::ProtocolErrorKind;
+use crate::policy::breaker::{BreakerGuard, Limit};
+use crate::policy::ratelimit::retry_after_secs;
+use crate::policy::retry::{self, Tee};
+use crate::policy::timeouts::{self, Kind, UpstreamBody};
+use crate::policy::{RoutePolicy, TryOutcome};
 use crate::router::{RouteAction, Target};
+
+/// Bodies up to this size are buffered to mirror them when the route has no retry policy
+/// (which brings its own `buffer_limit`).
+const DEFAULT_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// Serve one request that arrived on the listener in `slot` from the client at `peer`.
 pub(crate) async fn handle(
@@ -55,29 +75,43 @@ pub(crate) async fn handle(
         }
     };
 
-    // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on it
-    // (least_request, ewma) until the response head is back. No endpoint in rotation: 503.
-    let Some((endpoint, mut in_flight)) = target.cluster.pick(&req, peer) else {
-        let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
-        target.counters.record(resp.status().as_u16());
-        target.route_stats.duration.record(start.elapsed());
-        return Ok(resp);
-    };
-    // --- end load balancing
-    let mut resp = match upstream_uri(&target, endpoint, &mut req) {
-        Ok(uri) => {
-            *req.uri_mut() = uri;
-            // --- routing: host rewrite and request header edits ---
-            target.actions.apply_request(req.headers_mut());
-            forward(&target.cluster, req).await
+    let cluster = &target.cluster;
+    cluster.policy.budget.record_request();
+    let plain =
+        target.policy.is_none() && cluster.policy.breaker.is_none() && cluster.policy.outlier.is_none();
+    let mut resp = if plain {
+        // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on
+        // it (least_request, ewma) until the response head is back. None in rotation: 503.
+        let Some((endpoint, mut in_flight)) = cluster.pick(&req, peer) else {
+            let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+            target.counters.record(resp.status().as_u16());
+            target.route_stats.duration.record(start.elapsed());
+            return Ok(resp);
+        };
+        // --- end load balancing
+        let resp = match prepare(&target, &mut req) {
+            Ok(pq) => {
+                // --- routing: host rewrite and request header edits ---
+                target.actions.apply_request(req.headers_mut());
+                forward(cluster, endpoint, req, pq).await
+            }
+            Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+        };
+        // --- load balancing: a local 502/503 here means the endpoint gave no answer (connect
+        // failure, reset), which ewma must not take for a fast one.
+        if matches!(resp.body(), Either::Right(_)) && resp.status().is_server_error() {
+            in_flight.failed();
         }
-        Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+        resp
+    } else {
+        match prepare(&target, &mut req) {
+            Ok(pq) => {
+                target.actions.apply_request(req.headers_mut());
+                forward_with_policy(&target, target.policy.as_deref(), peer, req, pq).await
+            }
+            Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+        }
     };
-    // --- load balancing: a local 502/503 here means the endpoint gave no answer (connect
-    // failure, reset), which ewma must not take for a fast one.
-    if matches!(resp.body(), Either::Right(_)) && resp.status().is_server_error() {
-        in_flight.failed();
-    }
     // --- routing: response header edits ---
     target.actions.apply_response(resp.headers_mut());
     target.counters.record(resp.status().as_u16());
@@ -85,11 +119,9 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-/// The request's URI pointed at `endpoint` of the target's cluster, with the route's path
-/// rewrite. An HTTP/2 request carries its host only as `:authority`; it becomes the
-/// `Host` header before the URI is rewritten.
-fn upstream_uri(target: &Target, endpoint: &Authority, req: &mut Request<RequestBody>) -> Result<Uri, ()> {
-    let cluster = &target.cluster;
+/// The path and query sent upstream (with the route's prefix rewrite). An HTTP/2 request
+/// carries its host only as `:authority`; it becomes the `Host` header here.
+fn prepare(target: &Target, req: &mut Request<RequestBody>) -> Result<PathAndQuery, ()> {
     if !req.headers().contains_key(HOST) {
         if let Some(authority) = req.uri().authority() {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -97,16 +129,17 @@ fn upstream_uri(target: &Target, endpoint: &Authority, req: &mut Request<Request
             }
         }
     }
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // --- routing: path-prefix rewrite ---
+    Ok(target.actions.rewrite_path(Some(&pq)).unwrap_or(pq))
+}
+
+/// The URI of `pq` at `endpoint` of `cluster`.
+fn upstream_uri(cluster: &Cluster, endpoint: &Authority, pq: PathAndQuery) -> Result<Uri, ()> {
+    let mut parts = http::uri::Parts::default();
     parts.scheme = Some(cluster.upstream.scheme.clone());
     parts.authority = Some(endpoint.clone());
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    // --- routing: path-prefix rewrite ---
-    if let Some(rewritten) = target.actions.rewrite_path(parts.path_and_query.as_ref()) {
-        parts.path_and_query = Some(rewritten);
-    }
+    parts.path_and_query = Some(pq);
     Uri::from_parts(parts).map_err(|_| ())
 }
 
@@ -121,7 +154,17 @@ fn is_upgrade(req: &Request<RequestBody>) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
-async fn forward(cluster: &Cluster, mut req: Request<RequestBody>) -> Response<ProxyBody> {
+/// One try to `endpoint`, no policy: the plain path (and the path of upgrades).
+async fn forward(
+    cluster: &Cluster,
+    endpoint: &Authority,
+    mut req: Request<RequestBody>,
+    pq: PathAndQuery,
+) -> Response<ProxyBody> {
+    match upstream_uri(cluster, endpoint, pq) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(()) => return local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+    }
     let upgrade = if is_upgrade(&req) {
         let protocol = req.headers().get(UPGRADE).cloned();
         let downstream = hyper::upgrade::on(&mut req);
@@ -137,16 +180,21 @@ async fn forward(cluster: &Cluster, mut req: Request<RequestBody>) -> Response<P
     };
     // hyper-util sends HTTP/1.1 or HTTP/2 by what the pooled connection speaks.
     *req.version_mut() = Version::HTTP_11;
-    match cluster.upstream.request(req).await {
+    match cluster.upstream.request(req.map(Either::Left)).await {
         Ok(mut resp) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(downstream) = upgrade {
                     splice(downstream, hyper::upgrade::on(&mut resp));
-                    return resp.map(Either::Left);
+                    return resp.map(|b| Either::Left(UpstreamBody::plain(b)));
                 }
             }
             strip_hop_by_hop(resp.headers_mut());
-            resp.map(Either::Left)
+            resp.map(|b| Either::Left(UpstreamBody::plain(b)))
+        }
+        Err(e) if chain_has::<ConnectionLimit>(&e) => overflow(Limit::Connections),
+        Err(e) if e.is_connect() && timed_out(&e) => {
+            cluster.upstream.stats.timeouts[Kind::Connect as usize].inc();
+            timeouts::reply(Kind::Connect)
         }
         // The connector already counted the failure; nothing reached the upstream.
         Err(e) if e.is_connect() => local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect failed\n"),
@@ -157,6 +205,224 @@ async fn forward(cluster: &Cluster, mut req: Request<RequestBody>) -> Response<P
             cluster.upstream.stats.upstream_errors.inc();
             local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n")
         }
+    }
+}
+
+// === the policy path ===
+
+async fn forward_with_policy(
+    target: &Target,
+    policy: Option<&RoutePolicy>,
+    peer: SocketAddr,
+    req: Request<RequestBody>,
+    pq: PathAndQuery,
+) -> Response<ProxyBody> {
+    let cluster = &target.cluster;
+    if let Some(p) = policy {
+        // --- policy: local rate limit (policy/ratelimit.rs) ---
+        if let Some(limit) = &p.rate_limit {
+            if let Err(wait) = limit.check(req.headers(), Some(peer.ip())) {
+                p.stats.rate_limited.inc();
+                let mut resp = local_reply(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+                return resp;
+            }
+        }
+        // --- policy: fault injection (policy/fault.rs) ---
+        if let Some(fault) = &p.fault {
+            if let Some(delay) = fault.delay() {
+                p.stats.faults_delayed.inc();
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = fault.abort() {
+                p.stats.faults_aborted.inc();
+                let mut resp = local_reply(status, "fault injected\n");
+                resp.headers_mut().insert("x-pymesh-fault", HeaderValue::from_static("abort"));
+                return resp;
+            }
+        }
+    }
+    // --- policy: circuit breaker, requests in flight (policy/breaker.rs) ---
+    let guard = match &cluster.policy.breaker {
+        Some(b) => match b.admit(Limit::Requests) {
+            Some(g) => Some(g),
+            None => return overflow(Limit::Requests),
+        },
+        None => None,
+    };
+    if is_upgrade(&req) {
+        let Some((endpoint, _in_flight)) = cluster.pick(&req, peer) else {
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+        };
+        return forward(cluster, endpoint, req, pq).await;
+    }
+    // --- policy: whole-request timeout (policy/timeouts.rs) ---
+    let work = tries(target, policy, peer, req, pq, guard);
+    match policy.and_then(|p| p.timeout) {
+        Some(t) => match tokio::time::timeout(t, work).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                cluster.upstream.stats.timeouts[Kind::Request as usize].inc();
+                timeouts::reply(Kind::Request)
+            }
+        },
+        None => work.await,
+    }
+}
+
+/// The tries of one request: buffer, mirror, then try, observe and retry as allowed.
+async fn tries(
+    target: &Target,
+    policy: Option<&RoutePolicy>,
+    peer: SocketAddr,
+    req: Request<RequestBody>,
+    pq: PathAndQuery,
+    mut guard: Option<BreakerGuard>,
+) -> Response<ProxyBody> {
+    let cluster = &target.cluster;
+    let stats = &cluster.upstream.stats;
+    let retry = policy.and_then(|p| p.retry.as_ref());
+    let mirror = policy.and_then(|p| p.mirror.as_ref()).filter(|m| m.wanted());
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+
+    // --- policy: keep the body for replay or mirroring when it fits (policy/retry.rs): read
+    // whole when its length is known, else streamed to the first try while a copy is kept ---
+    let limit = retry.map_or(DEFAULT_BUFFER_LIMIT, |r| r.buffer_limit);
+    let mut body = body;
+    let mut copy = None;
+    let (mut buffered, mut streamed): (Option<Bytes>, Option<OutgoingBody>) = if body.is_end_stream() {
+        (Some(Bytes::new()), None)
+    } else if retry.is_some() || mirror.is_some() {
+        match retry::buffer_known(&mut body, limit).await {
+            Some(Ok(bytes)) => (Some(bytes), None),
+            Some(Err(())) => {
+                return local_reply(StatusCode::BAD_REQUEST, "request body could not be read\n");
+            }
+            None if retry.is_some() => {
+                let (tee, kept) = Tee::new(body, limit);
+                copy = Some(kept);
+                (None, Some(Either::Right(Either::Right(tee))))
+            }
+            None => (None, Some(Either::Left(body))),
+        }
+    } else {
+        (None, Some(Either::Left(body)))
+    };
+
+    // --- policy: mirroring (policy/mirror.rs), fire and forget ---
+    if let (Some(m), Some(b)) = (mirror, &buffered) {
+        m.send(&parts, pq.clone(), b.clone(), peer);
+    }
+
+    let per_try = policy.and_then(|p| p.per_try_timeout);
+    let idle = policy.and_then(|p| p.idle_timeout);
+    let mut done = 0u32;
+    let mut _retry_place: Option<BreakerGuard> = None;
+    loop {
+        let last = (buffered.is_none() && copy.is_none()) || retry.is_none_or(|r| done >= r.attempts);
+        let body: OutgoingBody = match (&buffered, streamed.take()) {
+            (Some(b), _) => Either::Right(Either::Left(Full::new(b.clone()))),
+            (None, Some(s)) => s,
+            (None, None) => return local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
+        };
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method.clone();
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+        // --- load balancing: an endpoint in rotation (outlier ejection takes endpoints out of
+        // it); `in_flight` counts the try on it until its outcome is known ---
+        let Some((index, endpoint, mut in_flight)) = cluster.pick_indexed(&up, peer) else {
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+        };
+        let Ok(uri) = upstream_uri(cluster, endpoint, pq.clone()) else {
+            return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+        };
+        *up.uri_mut() = uri;
+
+        // --- policy: circuit breaker, pending requests ---
+        let pending = match &cluster.policy.breaker {
+            Some(b) => match b.admit(Limit::Pending) {
+                Some(g) => Some(g),
+                None => return overflow(Limit::Pending),
+            },
+            None => None,
+        };
+        let sent = cluster.upstream.request(up);
+        // --- policy: per-try timeout ---
+        let result = match per_try {
+            Some(d) => tokio::time::timeout(d, sent).await.ok(),
+            None => Some(sent.await),
+        };
+        drop(pending);
+        let (outcome, resp) = match result {
+            None => {
+                stats.timeouts[Kind::PerTry as usize].inc();
+                (TryOutcome::PerTryTimeout, None)
+            }
+            Some(Ok(resp)) => {
+                let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+                (TryOutcome::Response { status: resp.status().as_u16(), grpc }, Some(resp))
+            }
+            Some(Err(e)) if chain_has::<ConnectionLimit>(&e) => return overflow(Limit::Connections),
+            Some(Err(e)) if e.is_connect() && timed_out(&e) => {
+                stats.timeouts[Kind::Connect as usize].inc();
+                (TryOutcome::ConnectTimeout, None)
+            }
+            Some(Err(e)) if e.is_connect() => (TryOutcome::ConnectFailure, None),
+            // The client's body broke the exchange: its fault, answered at once, not retried.
+            Some(Err(e)) if DownstreamBodyError::status_of(&e).is_some() => return downstream_body_reply(&e),
+            Some(Err(e)) if refused_stream(&e) => (TryOutcome::RefusedStream, None),
+            Some(Err(_)) => {
+                stats.upstream_errors.inc();
+                (TryOutcome::Reset, None)
+            }
+        };
+        if resp.is_none() {
+            in_flight.failed();
+        }
+        drop(in_flight);
+        // --- policy: outlier detection observes every try (policy/outlier.rs) ---
+        if let Some(outlier) = &cluster.policy.outlier {
+            outlier.observe(index, outcome);
+        }
+        // --- policy: a streamed body that went through whole can be replayed from its copy ---
+        if buffered.is_none() {
+            if let Some(kept) = copy.take() {
+                buffered = kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).whole();
+            }
+        }
+        let last = last || buffered.is_none();
+        // --- policy: retry, within the attempts, the budget and the breaker ---
+        if let Some(r) = retry.filter(|r| !last && r.retries(outcome, &parts.method)) {
+            let place = match &cluster.policy.breaker {
+                Some(b) => b.admit(Limit::Retries).map(Some),
+                None => Some(None),
+            };
+            if let Some(place) = place {
+                if cluster.policy.budget.try_retry(r.budget_percent, r.min_retries_per_second) {
+                    done += 1;
+                    stats.retries.inc();
+                    _retry_place = place;
+                    drop(resp);
+                    tokio::time::sleep(r.backoff(done)).await;
+                    continue;
+                }
+                stats.budget_exhausted.inc();
+            }
+        }
+        return match (outcome, resp) {
+            (_, Some(mut resp)) => {
+                strip_hop_by_hop(resp.headers_mut());
+                resp.map(|b| Either::Left(UpstreamBody::with_policy(b, idle, stats, guard.take())))
+            }
+            (TryOutcome::ConnectTimeout, None) => timeouts::reply(Kind::Connect),
+            (TryOutcome::PerTryTimeout, None) => timeouts::reply(Kind::PerTry),
+            (TryOutcome::ConnectFailure, None) => {
+                local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect failed\n")
+            }
+            (_, None) => local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
+        };
     }
 }
 
@@ -174,6 +440,55 @@ fn downstream_body_reply(e: &hyper_util::client::legacy::Error) -> Response<Prox
     // The listener counts it (http/limits.rs, `Refused`).
     resp.extensions_mut().insert(Refused(kind));
     resp
+}
+
+/// The 503 of a tripped circuit breaker, at once, with `x-pymesh-overflow` saying so.
+fn overflow(limit: Limit) -> Response<ProxyBody> {
+    let text = match limit {
+        Limit::Connections => "circuit breaker open: too many upstream connections\n",
+        Limit::Pending => "circuit breaker open: too many pending requests\n",
+        Limit::Requests => "circuit breaker open: too many requests\n",
+        Limit::Retries => "circuit breaker open: too many retries\n",
+    };
+    let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, text);
+    resp.headers_mut().insert("x-pymesh-overflow", HeaderValue::from_static("circuit-breaker"));
+    resp
+}
+
+/// Whether any error in `e`'s source chain is a `T`.
+fn chain_has<T: StdError + 'static>(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A connect that failed because the connect timeout fired.
+fn timed_out(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// An HTTP/2 REFUSED_STREAM: the server did not process the request.
+fn refused_stream(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<h2::Error>().and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Once both sides have switched protocols, copy bytes both ways until either closes.

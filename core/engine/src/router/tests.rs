@@ -25,12 +25,14 @@ fn target(cluster: &str) -> Arc<Target> {
         panic_threshold_percent: 50,
         protocol: ClusterProtocol::Http1,
         tls: None,
+        policy: None,
     };
     let settings = PoolSettings {
         connect_timeout: Duration::from_secs(1),
         max_idle_per_endpoint: 1,
         idle_timeout: Duration::from_secs(1),
         protocol: ClusterProtocol::Http1,
+        max_connections: None,
     };
     let upstream = Arc::new(Upstream::new(settings, None, Arc::default()));
     Arc::new(Target {
@@ -41,6 +43,7 @@ fn target(cluster: &str) -> Arc<Target> {
         counters: Arc::default(),
         route_stats: Arc::default(),
         actions: Arc::default(),
+        policy: None,
     })
 }
 
