@@ -196,3 +196,18 @@ fn open_loop_charges_a_slow_target_from_each_due_time() {
     assert!(r.latency_us.p50 > 150_000, "p50 {} µs should include the backlog", r.latency_us.p50);
     assert!(r.latency_us.max > 400_000, "max {} µs", r.latency_us.max);
 }
+
+#[test]
+fn slow_answers_count_as_timeouts() {
+    let (_e, addr) = echo();
+    let opts = BenchOptions {
+        url: format!("http://{addr}/?delay=400ms"),
+        connections: 2,
+        duration: Some(Duration::from_millis(900)),
+        timeout: Duration::from_millis(100),
+        ..BenchOptions::default()
+    };
+    let r = run(&opts).unwrap();
+    assert_eq!(r.requests, 0);
+    assert!(r.errors.timeout >= 4, "{:?}", r.errors);
+}
