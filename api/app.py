@@ -90,6 +90,7 @@ def create_app(host: Host, tokens: TokenSet, leases: Leases | None = None) -> Fa
 
 async def _lease_loop(host: Host, leases: Leases) -> None:
     while True:
+        # A periodic sweep, not synchronisation: expired endpoint leases are checked each tick.
         await asyncio.sleep(LEASE_CHECK_INTERVAL)
         if leases.expired():
             await asyncio.to_thread(expire_leases, host, leases)

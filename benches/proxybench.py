@@ -238,7 +238,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: floa
             raise BenchError(f"{name} exited with code {proc.returncode} before listening")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
             return
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll interval of a bounded wait for the port to open
     raise BenchError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
@@ -693,7 +693,7 @@ def start_pymesh(
                 return Server("pymesh", bound, proc, d, admin_url=admin, scheme=scheme)
         if proc.poll() is not None:
             raise BenchError(f"pymesh exited with code {proc.returncode} before ready")
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval of a bounded wait for readiness
     raise BenchError(f"pymesh: {admin}/ready did not answer 200 in time")
 
 
@@ -974,7 +974,7 @@ def wait_for_quiet(max_wait: float, pct: float) -> None:
     waited = False
     while True:
         b0, t0 = system_busy_ticks()
-        time.sleep(1.0)
+        time.sleep(1.0)  # the window over which the machine's other load is measured
         b1, t1 = system_busy_ticks()
         load = 100.0 * (b1 - b0) / max(1, t1 - t0)
         if load <= pct:
@@ -987,7 +987,7 @@ def wait_for_quiet(max_wait: float, pct: float) -> None:
         if not waited:
             log(f"machine {load:.0f}% busy with other work; waiting up to {max_wait:g}s")
             waited = True
-        time.sleep(2.0)
+        time.sleep(2.0)  # back off before measuring the load again (bounded by max_wait)
 
 
 def children_cpu_s() -> float:
@@ -1269,7 +1269,7 @@ def run_rounds(
                     f"other load {run.other_load_pct:.0f}% > {args.noisy_pct:g}%: "
                     f"noisy run, repeating it in {NOISY_PAUSE_S:g}s"
                 )
-                time.sleep(NOISY_PAUSE_S)
+                time.sleep(NOISY_PAUSE_S)  # let the other work pass before the repeat
                 run = measure(sc, t, rnd, servers=servers, upstream=upstream, secs=args.duration)
             runs.append(run)
     return runs

@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("listener {name} on {addr}");
     }
     loop {
+        // Serve until killed: the engine's own threads do the work.
         std::thread::sleep(Duration::from_secs(3600));
     }
 }

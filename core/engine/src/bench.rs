@@ -388,6 +388,7 @@ fn report_progress(
     let start = Instant::now();
     let mut last = (start, 0u64);
     while !handles.iter().all(|h| h.is_finished()) {
+        // The progress line's tick, not synchronisation: it reads counters, never waits on them.
         std::thread::sleep(Duration::from_millis(100));
         let now = Instant::now();
         if now.duration_since(last.0) < Duration::from_secs(1) {

@@ -81,39 +81,32 @@ impl HttpServer {
         let activity = Arc::new(Activity::default());
         let io = TokioIo::new(Tracked { inner: io, activity: Arc::clone(&activity) });
         let service = Counted { inner: service, activity: Arc::clone(&activity) };
+        // The two connection types (HTTP/2 only, or sniffed with upgrades) share no trait
+        // with `graceful_shutdown`, so one macro serves both the same way.
+        macro_rules! run_until_stopped {
+            ($conn:expr) => {{
+                let conn = $conn;
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = stop.wait() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                    () = activity.idle(self.idle_timeout) => {
+                        conn.as_mut().graceful_shutdown();
+                        // Nothing is in flight: HTTP/1 closes at once; HTTP/2 waits for the
+                        // client's PING answer, which a hostile client never sends.
+                        tokio::time::timeout(self.idle_timeout.min(IDLE_CLOSE_GRACE), conn).await.unwrap_or(Ok(()))
+                    }
+                }
+            }};
+        }
         let result = if h2_only {
             let h2 = self.builder.clone().http2_only();
-            let conn = h2.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                () = stop.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                () = activity.idle(self.idle_timeout) => {
-                    conn.as_mut().graceful_shutdown();
-                    // Nothing is in flight: HTTP/1 closes at once; HTTP/2 waits for the
-                    // client's PING answer, which a hostile client never sends.
-                    tokio::time::timeout(self.idle_timeout.min(IDLE_CLOSE_GRACE), conn).await.unwrap_or(Ok(()))
-                }
-            }
+            run_until_stopped!(h2.serve_connection(io, service))
         } else {
-            let conn = self.builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                () = stop.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                () = activity.idle(self.idle_timeout) => {
-                    conn.as_mut().graceful_shutdown();
-                    // Nothing is in flight: HTTP/1 closes at once; HTTP/2 waits for the
-                    // client's PING answer, which a hostile client never sends.
-                    tokio::time::timeout(self.idle_timeout.min(IDLE_CLOSE_GRACE), conn).await.unwrap_or(Ok(()))
-                }
-            }
+            run_until_stopped!(self.builder.serve_connection_with_upgrades(io, service))
         };
         if let (Err(e), Some(errors)) = (result, errors) {
             if let Some(kind) = classify(&*e) {
