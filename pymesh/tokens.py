@@ -86,7 +86,9 @@ def load_tokens(data_dir: Path) -> tuple[TokenSet, Path | None]:
         entries = _read(path)
     elif not env:
         data_dir.mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_urlsafe(32)
+        # A fixed prefix: a generated secret never starts with "-" (which argparse would
+        # read as an option after --token) and is recognisable to secret scanners.
+        secret = "pmk_" + secrets.token_urlsafe(32)
         entries = [("admin", secret, "read-write")]
         body = {"tokens": [{"id": "admin", "secret": secret, "access": "read-write"}]}
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -9,6 +9,7 @@ import pytest
 
 from pymesh.diff import config_diff, format_change
 from pymesh.store import Lease, SqliteStore
+from pymesh.tokens import first_read_write_secret, load_tokens
 
 
 def test_append_commits_on_success_and_discards_on_error(tmp_path: Path) -> None:
@@ -67,3 +68,14 @@ def test_diff_names_list_items_by_name() -> None:
     assert config_diff({"listeners": old["listeners"]}, reordered) == [
         {"op": "replace", "path": "listeners.(order)", "old": ["a", "b"], "new": ["b", "a"]}
     ]
+
+
+def test_generated_admin_token_is_safe_on_a_command_line(tmp_path: Path) -> None:
+    # A secret beginning with "-" is read by argparse as an option after --token; the
+    # generated one carries a fixed prefix, so no draw of the random part can do that.
+    for i in range(20):
+        data = tmp_path / str(i)
+        load_tokens(data)
+        secret = first_read_write_secret(data)
+        assert secret is not None and secret.startswith("pmk_"), secret
+        assert len(secret) > 40
