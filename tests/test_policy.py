@@ -391,6 +391,9 @@ def test_a_failing_endpoint_is_ejected_and_returns_after_its_ejection_time(
         assert bad.count() == 3
         assert metric(m.metrics(), "pymesh_outlier_ejections_total", cluster="up") == 1
         assert metric(m.metrics(), "pymesh_outlier_ejected_endpoints", cluster="up") == 1
+        endpoints = {e["address"]: e for e in m.get("/clusters/up").json()["endpoints"]}
+        assert endpoints[bad.address]["ejected"] is True
+        assert endpoints[good.address]["ejected"] is False
 
         def back() -> bool:
             c.get("/")

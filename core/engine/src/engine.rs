@@ -311,7 +311,13 @@ impl Engine {
                 .endpoints()
                 .enumerate()
                 .map(|(i, e)| {
-                    json!({"address": e.authority.as_str(), "weight": e.weight, "healthy": cluster.is_healthy(i)})
+                    let ejected = cluster.policy.outlier.as_ref().is_some_and(|o| o.is_ejected(i));
+                    json!({
+                        "address": e.authority.as_str(),
+                        "weight": e.weight,
+                        "healthy": cluster.is_healthy(i),
+                        "ejected": ejected,
+                    })
                 })
                 .collect();
             clusters.insert(
