@@ -60,6 +60,8 @@ struct Control {
 
 pub struct Engine {
     runtime: Option<tokio::runtime::Runtime>,
+    /// Sockets (and accept loops) per proxy listener: one per runtime worker.
+    accept_loops: usize,
     shared: Arc<Shared>,
     control: Mutex<Control>,
 }
@@ -67,6 +69,9 @@ pub struct Engine {
 impl Engine {
     pub fn new(options: EngineOptions) -> Result<Self, Error> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
+        let accept_loops = options
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
         if let Some(n) = options.workers {
             if n == 0 {
                 return Err(Error::config("workers", "must be at least 1"));
@@ -78,7 +83,12 @@ impl Engine {
             .thread_name("pymesh-worker")
             .build()
             .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
-        Ok(Self { runtime: Some(runtime), shared: Arc::default(), control: Mutex::default() })
+        Ok(Self {
+            runtime: Some(runtime),
+            accept_loops: accept_loops.max(1),
+            shared: Arc::default(),
+            control: Mutex::default(),
+        })
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
@@ -141,7 +151,7 @@ impl Engine {
         // Bind every new socket before anything changes; if one fails, the others close.
         let mut bound = Vec::with_capacity(to_bind.len());
         for (i, slot, addr) in to_bind {
-            let socket = listener::bind(addr).map_err(|e| {
+            let socket = listener::bind(addr, self.accept_loops).map_err(|e| {
                 Error::bind(format!("listeners.{i}.listen"), format!("cannot bind {addr}: {e}"))
             })?;
             bound.push((i, slot, socket));
@@ -190,7 +200,12 @@ impl Engine {
         Ok(version)
     }
 
-    fn serve_proxy(&self, name: &str, slot: usize, socket: std::net::TcpListener) -> Result<Server, Error> {
+    fn serve_proxy(
+        &self,
+        name: &str,
+        slot: usize,
+        socket: Vec<std::net::TcpListener>,
+    ) -> Result<Server, Error> {
         let stats = self.shared.metrics.listener(name);
         let shared = Arc::clone(&self.shared);
         listener::serve(
@@ -210,8 +225,8 @@ impl Engine {
             .parse()
             .map_err(|_| Error::config("listen", format!("{listen:?} is not an ip:port address")))?;
         let socket =
-            listener::bind(addr).map_err(|e| Error::bind("listen", format!("cannot bind {addr}: {e}")))?;
-        let bound = socket.local_addr().map_err(|e| Error::internal(e.to_string()))?;
+            listener::bind(addr, 1).map_err(|e| Error::bind("listen", format!("cannot bind {addr}: {e}")))?;
+        let bound = socket[0].local_addr().map_err(|e| Error::internal(e.to_string()))?;
         let id = id.map_or_else(|| bound.to_string(), str::to_owned);
         let echo = Arc::new(Echo::new(&id).map_err(|m| Error::config("id", m))?);
         let _entered = self.runtime().enter();

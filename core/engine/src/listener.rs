@@ -27,20 +27,44 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Queue of connections the kernel holds for the accept loop.
 const BACKLOG: i32 = 1024;
 
-/// Bind a listening TCP socket. `SO_REUSEADDR` lets a restarted proxy bind at once while old
-/// connections sit in TIME_WAIT; `SO_REUSEPORT` is left off so that a second process asking
-/// for the same address gets a clear bind error instead of silently sharing it (see
-/// docs/decisions.md).
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Bind `count` listening TCP sockets on `addr` that share its port with `SO_REUSEPORT`: the
+/// kernel spreads new connections over them by a hash of the 4-tuple, and each gets its own
+/// accept loop, so no single accept loop (or its worker thread) is the funnel for a busy
+/// listener. `SO_REUSEADDR` lets a restarted proxy bind at once while old connections sit in
+/// TIME_WAIT. Port 0 asks the OS for a port once; the other sockets bind that port.
+///
+/// `SO_REUSEPORT` would also let another process (a second pymesh given the same address)
+/// silently share the port; so a fixed port is first probed with a socket without it, whose
+/// bind fails while anyone listens there, and the caller gets a clear bind error instead.
+pub(crate) fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        drop(new_socket(addr, false)?);
+    }
+    let first = new_socket(addr, true)?;
+    first.listen(BACKLOG)?;
+    let addr = first.local_addr()?.as_socket().unwrap_or(addr);
+    let mut all = vec![std::net::TcpListener::from(first)];
+    for _ in 1..count.max(1) {
+        let socket = new_socket(addr, true)?;
+        socket.listen(BACKLOG)?;
+        all.push(socket.into());
+    }
+    Ok(all)
+}
+
+/// A non-blocking TCP socket bound to `addr` (not yet listening).
+fn new_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// Tells a connection's handler to finish: stop taking requests, complete the ones in flight.
@@ -70,23 +94,48 @@ impl Server {
     }
 }
 
-/// Accept on `listener` and run `handle(stream, peer, stop)` for each connection on its own
-/// task. Must be called within the runtime.
+/// Accept on each of `sockets` (one port, from [`bind`]) and run `handle(stream, peer, stop)`
+/// for each connection on its own task. Must be called within the runtime.
 pub(crate) fn serve<F, Fut>(
-    listener: std::net::TcpListener,
+    sockets: Vec<std::net::TcpListener>,
     active: Arc<Gauge>,
     accepted: Option<Arc<ListenerStats>>,
     handle: F,
 ) -> std::io::Result<Server>
 where
-    F: Fn(TcpStream, SocketAddr, Stop) -> Fut + Send + 'static,
+    F: Fn(TcpStream, SocketAddr, Stop) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let addr = listener.local_addr()?;
-    let listener = TcpListener::from_std(listener)?;
+    let Some(first) = sockets.first() else {
+        return Err(std::io::Error::other("no socket to serve"));
+    };
+    let addr = first.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let mut stopped = Stop(stopped);
-    let gauge = Arc::clone(&active);
+    let handle = Arc::new(handle);
+    for socket in sockets {
+        let listener = TcpListener::from_std(socket)?;
+        accept_loop(
+            listener,
+            Stop(stopped.clone()),
+            Arc::clone(&active),
+            accepted.clone(),
+            Arc::clone(&handle),
+        );
+    }
+    Ok(Server { addr, stop, active })
+}
+
+/// One socket's accept loop, until `stopped` fires.
+fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stopped: Stop,
+    gauge: Arc<Gauge>,
+    accepted: Option<Arc<ListenerStats>>,
+    handle: Arc<F>,
+) where
+    F: Fn(TcpStream, SocketAddr, Stop) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -112,9 +161,9 @@ where
                 conn.await;
             });
         }
-        // The listener drops here and the port closes; connections finish on their own.
+        // The socket drops here (the port closes with the last one); connections finish on
+        // their own.
     });
-    Ok(Server { addr, stop, active })
 }
 
 /// One connection on a proxy listener, handled as the listener's current config says: HTTP
@@ -188,5 +237,48 @@ pub(crate) async fn proxy_connection(
         }
         ListenerKind::Tcp { split, idle } => tcp::proxy(stream, split, *idle).await,
         ListenerKind::TlsPassthrough { router, idle } => tcp::passthrough(stream, router, *idle).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn one_port_many_sockets_and_no_stranger_may_join() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let group = bind(any, 3).unwrap();
+        assert_eq!(group.len(), 3);
+        let addr = group[0].local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        assert!(group.iter().all(|s| s.local_addr().unwrap() == addr), "all on one port");
+
+        // A second group on the same port is refused (the probe without SO_REUSEPORT fails),
+        // although SO_REUSEPORT alone would have let it share the port.
+        let err = bind(addr, 2).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+
+        // Once the group is gone, the port binds again at once (SO_REUSEADDR).
+        drop(group);
+        assert_eq!(bind(addr, 1).unwrap()[0].local_addr().unwrap(), addr);
+    }
+
+    #[test]
+    fn every_socket_of_the_group_accepts() {
+        let group = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        for s in &group {
+            s.set_nonblocking(false).unwrap();
+        }
+        // The kernel hashes connections over the group: enough connections reach both.
+        let clients: Vec<_> = (0..64).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        for s in &group {
+            s.set_nonblocking(true).unwrap();
+        }
+        let counts: Vec<usize> =
+            group.iter().map(|s| std::iter::from_fn(|| s.accept().ok()).count()).collect();
+        assert_eq!(counts.iter().sum::<usize>(), clients.len());
+        assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
     }
 }
