@@ -17,6 +17,7 @@ import grpc
 import httpx
 import pytest
 import yaml
+from certs import CA
 from meshtest import Echo, Mesh, Proc, cluster, listener, poll, route
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -208,6 +209,55 @@ def test_grpc_statuses_are_counted_from_trailers_and_trailers_only_answers(
     assert value(text, "pymesh_grpc_responses_total", **target, grpc_code="NOT_FOUND") == 2
     # gRPC answers are HTTP 200 whatever their status.
     assert value(text, "pymesh_responses_total", **target, code="200") == 5
+
+
+def test_tls_handshakes_are_counted_on_both_sides(
+    tmp_path: Path, echo: Callable[..., Echo], mesh: Callable[..., Mesh]
+) -> None:
+    ca = CA(tmp_path / "pki")
+    cert = ca.issue("back.test")
+    up = echo("e")
+    tls_listener = {
+        **listener("back", [route("e")]),
+        "tls": {"certificates": [{"cert": str(cert.cert), "key": str(cert.key)}]},
+    }
+    back = mesh({"listeners": [tls_listener], "clusters": [cluster("e", up.address)]})
+    back_addr = back.listeners()["back"]
+    front = mesh(
+        {
+            "listeners": [
+                listener("front", [route("good", prefix="/good"), route("bad", prefix="/bad")])
+            ],
+            "clusters": [
+                cluster("good", back_addr, tls={"sni": "back.test", "ca": str(ca.path)}),
+                cluster("bad", back_addr, tls={"sni": "wrong.test", "ca": str(ca.path)}),
+            ],
+        }
+    )
+    url = front.listener("front")
+    assert httpx.get(url + "/good", timeout=10).status_code == 200
+    # A name the certificate does not cover: the front refuses the handshake, 503.
+    assert httpx.get(url + "/bad", timeout=10).status_code == 503
+    # Plain HTTP to the TLS listener: the back's handshake fails.
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{back_addr}/", timeout=10)
+
+    text = front.metrics()
+    assert value(text, "pymesh_upstream_tls_handshakes_total", cluster="good") == 1
+    assert value(text, "pymesh_upstream_tls_handshake_failures_total", cluster="good") == 0
+    assert value(text, "pymesh_upstream_tls_handshakes_total", cluster="bad") == 1
+    assert value(text, "pymesh_upstream_tls_handshake_failures_total", cluster="bad") == 1
+    assert value(text, "pymesh_upstream_connect_failures_total", cluster="bad") == 1
+
+    # The back counts when its side of each handshake ends: poll, bounded.
+    def counted() -> str | None:
+        t = back.metrics()
+        done = value(t, "pymesh_downstream_tls_handshake_failures_total", listener="back") == 2
+        return t if done else None
+
+    text = poll(counted, 10, what="the back counted 2 failed handshakes")
+    assert value(text, "pymesh_downstream_tls_handshakes_total", listener="back") == 3
+    assert value(text, "pymesh_tls_handshake_failures_total") == 2
 
 
 # === a real Prometheus server ===
