@@ -201,9 +201,8 @@ impl Exchange {
     /// Note the upstream's response head: now, and its `grpc-status` when it carries one.
     pub(crate) fn upstream_answered(&mut self, headers: &HeaderMap) {
         self.upstream_first_byte = Some(self.start.elapsed());
-        if let Some(s) = grpc_status(headers) {
-            self.grpc_status = Some(s);
-        }
+        // Each try's own (a retried try must not inherit the status of the one before).
+        self.grpc_status = grpc_status(headers);
     }
 
     /// Wrap the response whose body ends this exchange.
