@@ -20,12 +20,15 @@ as_root() {
     fi
 }
 
-step "system packages (nginx, wrk: the benchmark smoke run; curl, openssl: tests/test_clients.py)"
+step "system packages (nginx, wrk: the benchmark smoke run; curl, openssl: tests/test_clients.py; prometheus: tests/test_metrics_prometheus.py; chromium: tests/test_dashboard.py)"
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Only the binary (/usr/bin/prometheus): the test starts its own server; the Debian service
+# the package may start is not used.
+[ -x /usr/bin/prometheus ] || missing+=(prometheus)
 # chromium, chromium-driver: tests/test_dashboard.py drives the dashboard in headless Chromium
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
@@ -34,7 +37,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root apt-get update -q
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 else
-    echo "already installed: nginx wrk curl openssl"
+    echo "already installed: nginx wrk curl openssl prometheus chromium chromium-driver"
 fi
 
 step "virtualenv .venv"

@@ -155,10 +155,14 @@ fn accept_loop<F, Fut>(
                 stats.connections_total.inc();
             }
             let open = GaugeGuard::new(Arc::clone(&gauge));
+            let closed = accepted.as_ref().map(Arc::clone);
             let conn = handle(stream, peer, stopped.clone());
             tokio::spawn(async move {
                 let _open = open;
                 conn.await;
+                if let Some(stats) = closed {
+                    stats.connections_closed.inc();
+                }
             });
         }
         // The socket drops here (the port closes with the last one); connections finish on
@@ -192,6 +196,7 @@ pub(crate) async fn proxy_connection(
                     let ListenerKind::Http(http) = &*kind else { unreachable!("an http listener") };
                     // --- observability: the exchange records the request from its head on ---
                     let mut ex = Exchange::begin(&http.observe, &shared.tap, &mut req, peer);
+                    ex.active = Some(GaugeGuard::new(Arc::clone(&http.stats.active_requests)));
                     let refusals = Refusals { errors: &http.stats.protocol_errors, replies: &http.unrouted };
                     let admitted = limits::admit(req, &http.limits, &refusals);
                     let shared = Arc::clone(&shared);
@@ -226,7 +231,9 @@ pub(crate) async fn proxy_connection(
                     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
                     let handshake =
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    http.stats.tls_handshakes.inc();
                     let Ok(Ok(tls)) = handshake else {
+                        http.stats.tls_handshake_failures.inc();
                         shared.metrics.tls_handshake_failures.inc();
                         return;
                     };

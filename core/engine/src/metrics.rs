@@ -4,13 +4,14 @@
 //! under its lock; the request path only touches the atomics behind the `Arc`s it was
 //! compiled with. Series keep their values across config changes, as Prometheus counters
 //! must; a series whose route or cluster is removed keeps its last value (bounded by the
-//! config's own cardinality, never by traffic: no path, client address or status code is
-//! ever a label).
+//! config's own cardinality, never by traffic: no path, client address or header value is
+//! ever a label; the one value taken from traffic, the status code, is a 3-digit number,
+//! 100..=999, and the gRPC status one of its 17 codes). docs/metrics.md lists every series.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 #[derive(Debug, Default)]
@@ -95,33 +96,114 @@ impl Histogram {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// Observations recorded.
+    pub(crate) fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
     fn snapshot(&self) -> (Vec<u64>, u64) {
         let counts = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
         (counts, self.sum_us.load(Ordering::Relaxed))
     }
 }
 
-/// Response counts by status class (1xx..5xx) for one listener/route/cluster triple.
+/// Response counts by exact status code, 100..=999: one page of 100 counters per hundred,
+/// allocated the first time a code of that hundred is seen (a route answering only 2xx
+/// holds one page, 800 bytes). After that first time a count is an atomic load of the
+/// page and one relaxed add: `OnceLock::get` is lock-free once set.
 #[derive(Debug, Default)]
-pub(crate) struct StatusCounters([Counter; 5]);
+pub(crate) struct StatusCodes([OnceLock<Box<[Counter; 100]>>; 9]);
+
+impl StatusCodes {
+    #[inline]
+    pub(crate) fn record(&self, status: u16) {
+        if !(100..=999).contains(&status) {
+            return; // not an HTTP status (http::StatusCode holds 100..=999 only)
+        }
+        let page = usize::from(status / 100) - 1;
+        let page = self.0[page].get_or_init(|| Box::new(std::array::from_fn(|_| Counter::default())));
+        page[usize::from(status % 100)].inc();
+    }
+
+    /// `(code, count)` of every code seen, in order.
+    pub(crate) fn seen(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.0.iter().enumerate().filter_map(|(i, p)| Some((i, p.get()?))).flat_map(|(i, page)| {
+            page.iter().enumerate().filter_map(move |(j, c)| {
+                let n = c.get();
+                #[allow(clippy::cast_possible_truncation, reason = "i < 9 and j < 100")]
+                let code = (i as u16 + 1) * 100 + j as u16;
+                (n > 0).then_some((code, n))
+            })
+        })
+    }
+}
+
+/// The gRPC status codes (grpc/grpc doc/statuscodes.md), by number; a code outside them is
+/// counted as UNKNOWN, as gRPC clients read it.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// What is counted per listener/route/cluster triple: responses by status class (1xx..5xx,
+/// the `requests_total` series) and by exact code, gRPC statuses, and the time to the
+/// upstream's first byte.
+#[derive(Debug, Default)]
+pub(crate) struct StatusCounters {
+    classes: [Counter; 5],
+    pub(crate) codes: StatusCodes,
+    grpc: [Counter; 17],
+    /// From the request's head to the upstream's response head (observe.rs, at the end).
+    pub(crate) upstream_first_byte: Histogram,
+}
 
 impl StatusCounters {
     #[inline]
     pub(crate) fn record(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.0[class].inc();
+        self.classes[class].inc();
+        self.codes.record(status);
+    }
+
+    /// Count the `grpc-status` a gRPC response ended with.
+    #[inline]
+    pub(crate) fn record_grpc(&self, status: u32) {
+        let i = usize::try_from(status).ok().filter(|i| *i < GRPC_CODES.len()).unwrap_or(2);
+        self.grpc[i].inc();
     }
 
     pub(crate) fn total(&self) -> u64 {
-        self.0.iter().map(Counter::get).sum()
+        self.classes.iter().map(Counter::get).sum()
     }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct ListenerStats {
     pub(crate) active_connections: Arc<Gauge>,
+    /// Connections accepted (opened).
     pub(crate) connections_total: Counter,
+    pub(crate) connections_closed: Counter,
     pub(crate) protocol_errors: ProtocolErrors,
+    /// Requests whose response has not ended yet (observe.rs holds a guard per exchange).
+    pub(crate) active_requests: Arc<Gauge>,
+    /// TLS handshakes attempted on the listener, and those that failed or timed out.
+    pub(crate) tls_handshakes: Counter,
+    pub(crate) tls_handshake_failures: Counter,
 }
 
 /// Why the proxy refused what a downstream client sent (the `kind` label).
@@ -168,8 +250,13 @@ impl ProtocolErrors {
 #[derive(Debug, Default)]
 pub(crate) struct ClusterStats {
     pub(crate) active_connections: Arc<Gauge>,
+    /// Connections opened.
     pub(crate) connections_total: Counter,
+    pub(crate) connections_closed: Counter,
     pub(crate) connect_failures: Counter,
+    /// TLS handshakes with endpoints (TLS origination), and those that failed.
+    pub(crate) tls_handshakes: Counter,
+    pub(crate) tls_handshake_failures: Counter,
     /// Requests that failed after a connection was made (reset, protocol error): 502s.
     pub(crate) upstream_errors: Counter,
     // --- policies (policy/) ---
@@ -188,13 +275,35 @@ pub(crate) struct ClusterStats {
 
 #[derive(Debug, Default)]
 pub(crate) struct RouteStats {
+    /// From the request's head to the end of its response (observe.rs, at the end).
     pub(crate) duration: Histogram,
     /// Response body bytes sent downstream (observe.rs counts them as the body streams).
     pub(crate) response_bytes: Counter,
+    /// Request body bytes read from clients (http/limits.rs `RequestBody` counts them).
+    pub(crate) request_bytes: Counter,
     // --- policies (policy/) ---
     pub(crate) rate_limited: Counter,
     pub(crate) faults_delayed: Counter,
     pub(crate) faults_aborted: Counter,
+}
+
+/// An upstream connection, open: counted opened and active when made, closed when dropped.
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Arc<ClusterStats>);
+
+impl OpenConnection {
+    pub(crate) fn new(stats: Arc<ClusterStats>) -> Self {
+        stats.connections_total.inc();
+        stats.active_connections.inc();
+        Self(stats)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.active_connections.dec();
+        self.0.connections_closed.inc();
+    }
 }
 
 /// Active health checks of one cluster, by result.
@@ -223,7 +332,12 @@ pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     pub(crate) config_version: Gauge,
     pub(crate) config_apply_errors: Counter,
+    /// Downstream TLS handshakes that failed, all listeners (also counted per listener).
     pub(crate) tls_handshake_failures: Counter,
+    /// Access-log records dropped because the writer's queue was full (observe/accesslog.rs).
+    pub(crate) access_log_dropped: Counter,
+    /// Finished spans dropped: export queue full or collector unreachable (observe/trace.rs).
+    pub(crate) spans_dropped: Counter,
 }
 
 fn entry<K: Ord, V: Default>(map: &mut BTreeMap<K, Arc<V>>, key: K) -> Arc<V> {
@@ -270,7 +384,7 @@ impl Metrics {
     pub(crate) fn forget_unused(&self) {
         let mut reg = self.registry();
         reg.targets.retain(|_, c| Arc::strong_count(c) > 1 || c.total() > 0);
-        reg.routes.retain(|_, r| Arc::strong_count(r) > 1 || r.duration.snapshot().0.iter().any(|n| *n > 0));
+        reg.routes.retain(|_, r| Arc::strong_count(r) > 1 || r.duration.count() > 0);
         reg.listeners.retain(|_, l| Arc::strong_count(l) > 1 || l.connections_total.get() > 0);
         // Health gauges describe endpoints now in the config: only what a cluster holds.
         reg.endpoint_health.retain(|_, g| Arc::strong_count(g) > 1);
@@ -294,113 +408,13 @@ impl Metrics {
         reg.targets.iter().filter(|((_, _, c), _)| c == cluster).map(|(_, c)| c.total()).sum()
     }
 
-    /// The Prometheus text exposition format (version 0.0.4).
+    /// The Prometheus text exposition format (version 0.0.4). docs/metrics.md describes
+    /// every family; a family's samples follow its HELP and TYPE lines.
     pub(crate) fn render(&self) -> String {
         let reg = self.registry();
-        let mut out = String::with_capacity(4096);
-
-        header(&mut out, "requests_total", "counter", "Requests answered, by status class.");
-        for ((l, r, c), counters) in &reg.targets {
-            for (i, counter) in counters.0.iter().enumerate() {
-                let labels = [("listener", l.as_str()), ("route", r), ("cluster", c)];
-                let class = format!("{}xx", i + 1);
-                sample(&mut out, "requests_total", &labels, &[("status_class", &class)], counter.get());
-            }
-        }
-
-        header(
-            &mut out,
-            "request_duration_seconds",
-            "histogram",
-            "Time from receiving a request to sending the response head.",
-        );
-        for ((l, r), stats) in &reg.routes {
-            let (counts, sum_us) = stats.duration.snapshot();
-            let labels = [("listener", l.as_str()), ("route", r.as_str())];
-            let mut cumulative = 0;
-            for (i, count) in counts.iter().enumerate() {
-                cumulative += count;
-                let le = match LATENCY_BUCKETS_US.get(i) {
-                    Some(us) => format_seconds(*us),
-                    None => "+Inf".to_owned(),
-                };
-                sample(&mut out, "request_duration_seconds_bucket", &labels, &[("le", &le)], cumulative);
-            }
-            let sum = format_seconds(sum_us);
-            let _ = writeln!(out, "pymesh_request_duration_seconds_sum{} {sum}", label_set(&labels, &[]));
-            sample(&mut out, "request_duration_seconds_count", &labels, &[], cumulative);
-        }
-
-        header(&mut out, "response_bytes_total", "counter", "Response body bytes sent to clients.");
-        for ((l, r), stats) in &reg.routes {
-            let labels = [("listener", l.as_str()), ("route", r.as_str())];
-            sample(&mut out, "response_bytes_total", &labels, &[], stats.response_bytes.get());
-        }
-
-        header(&mut out, "downstream_connections_active", "gauge", "Open downstream connections.");
-        for (l, s) in &reg.listeners {
-            sample_i(
-                &mut out,
-                "downstream_connections_active",
-                &[("listener", l)],
-                s.active_connections.get(),
-            );
-        }
-        header(&mut out, "downstream_connections_total", "counter", "Downstream connections accepted.");
-        for (l, s) in &reg.listeners {
-            sample(
-                &mut out,
-                "downstream_connections_total",
-                &[("listener", l)],
-                &[],
-                s.connections_total.get(),
-            );
-        }
-        header(
-            &mut out,
-            "downstream_protocol_errors_total",
-            "counter",
-            "Requests and connections refused for what the client sent, by kind.",
-        );
-        for (l, s) in &reg.listeners {
-            for kind in ProtocolErrorKind::ALL {
-                let v = s.protocol_errors.get(kind);
-                sample(
-                    &mut out,
-                    "downstream_protocol_errors_total",
-                    &[("listener", l)],
-                    &[("kind", kind.label())],
-                    v,
-                );
-            }
-        }
-        header(&mut out, "upstream_connections_active", "gauge", "Open upstream connections.");
-        for (c, s) in &reg.clusters {
-            sample_i(&mut out, "upstream_connections_active", &[("cluster", c)], s.active_connections.get());
-        }
-        header(&mut out, "upstream_connections_total", "counter", "Upstream connections opened.");
-        for (c, s) in &reg.clusters {
-            sample(&mut out, "upstream_connections_total", &[("cluster", c)], &[], s.connections_total.get());
-        }
-        header(&mut out, "upstream_connect_failures_total", "counter", "Failed upstream connects.");
-        for (c, s) in &reg.clusters {
-            sample(
-                &mut out,
-                "upstream_connect_failures_total",
-                &[("cluster", c)],
-                &[],
-                s.connect_failures.get(),
-            );
-        }
-        header(
-            &mut out,
-            "upstream_errors_total",
-            "counter",
-            "Upstream requests that failed after connecting (reset, protocol error).",
-        );
-        for (c, s) in &reg.clusters {
-            sample(&mut out, "upstream_errors_total", &[("cluster", c)], &[], s.upstream_errors.get());
-        }
+        let mut out = String::with_capacity(8192);
+        render_requests(&reg, &mut out);
+        render_connections(&reg, &mut out);
 
         header(
             &mut out,
@@ -434,13 +448,180 @@ impl Metrics {
 
         render_policies(&reg, &mut out);
 
-        header(&mut out, "tls_handshake_failures_total", "counter", "Downstream TLS handshakes that failed.");
+        header(
+            &mut out,
+            "tls_handshake_failures_total",
+            "counter",
+            "Downstream TLS handshakes that failed, all listeners.",
+        );
         let _ = writeln!(out, "pymesh_tls_handshake_failures_total {}", self.tls_handshake_failures.get());
         header(&mut out, "config_version", "gauge", "Version of the config now serving.");
         let _ = writeln!(out, "pymesh_config_version {}", self.config_version.get());
         header(&mut out, "config_apply_errors_total", "counter", "Snapshots the core refused.");
         let _ = writeln!(out, "pymesh_config_apply_errors_total {}", self.config_apply_errors.get());
+        header(
+            &mut out,
+            "access_log_records_dropped_total",
+            "counter",
+            "Access-log records dropped because the log writer's queue was full.",
+        );
+        let _ = writeln!(out, "pymesh_access_log_records_dropped_total {}", self.access_log_dropped.get());
+        header(
+            &mut out,
+            "trace_spans_dropped_total",
+            "counter",
+            "Finished spans dropped: export queue full, or the collector unreachable.",
+        );
+        let _ = writeln!(out, "pymesh_trace_spans_dropped_total {}", self.spans_dropped.get());
         out
+    }
+}
+
+/// Requests: counts by status class and code, gRPC statuses, durations, bytes, in flight.
+fn render_requests(reg: &Registry, out: &mut String) {
+    header(out, "requests_total", "counter", "Requests answered, by status class.");
+    for ((l, r, c), counters) in &reg.targets {
+        for (i, counter) in counters.classes.iter().enumerate() {
+            let labels = [("listener", l.as_str()), ("route", r), ("cluster", c)];
+            let class = format!("{}xx", i + 1);
+            sample(out, "requests_total", &labels, &[("status_class", &class)], counter.get());
+        }
+    }
+    header(
+        out,
+        "responses_total",
+        "counter",
+        "Requests answered, by status code (a series appears with its code's first response).",
+    );
+    for ((l, r, c), counters) in &reg.targets {
+        let labels = [("listener", l.as_str()), ("route", r), ("cluster", c)];
+        for (code, n) in counters.codes.seen() {
+            sample(out, "responses_total", &labels, &[("code", &code.to_string())], n);
+        }
+    }
+    header(
+        out,
+        "grpc_responses_total",
+        "counter",
+        "gRPC responses, by the grpc-status they ended with (a series appears with its first).",
+    );
+    for ((l, r, c), counters) in &reg.targets {
+        let labels = [("listener", l.as_str()), ("route", r), ("cluster", c)];
+        for (name, counter) in GRPC_CODES.iter().zip(&counters.grpc) {
+            let n = counter.get();
+            if n > 0 {
+                sample(out, "grpc_responses_total", &labels, &[("grpc_code", name)], n);
+            }
+        }
+    }
+
+    header(
+        out,
+        "request_duration_seconds",
+        "histogram",
+        "Time from receiving a request's head to the end of its response (the last byte sent).",
+    );
+    for ((l, r), stats) in &reg.routes {
+        let labels = [("listener", l.as_str()), ("route", r.as_str())];
+        histogram(out, "request_duration_seconds", &labels, &stats.duration);
+    }
+    header(
+        out,
+        "upstream_first_byte_seconds",
+        "histogram",
+        "Time from receiving a request's head to the upstream's response head.",
+    );
+    for ((l, r, c), counters) in &reg.targets {
+        if !c.is_empty() {
+            let labels = [("listener", l.as_str()), ("route", r), ("cluster", c)];
+            histogram(out, "upstream_first_byte_seconds", &labels, &counters.upstream_first_byte);
+        }
+    }
+
+    header(out, "request_bytes_total", "counter", "Request body bytes read from clients.");
+    for ((l, r), stats) in &reg.routes {
+        let labels = [("listener", l.as_str()), ("route", r.as_str())];
+        sample(out, "request_bytes_total", &labels, &[], stats.request_bytes.get());
+    }
+    header(out, "response_bytes_total", "counter", "Response body bytes sent to clients.");
+    for ((l, r), stats) in &reg.routes {
+        let labels = [("listener", l.as_str()), ("route", r.as_str())];
+        sample(out, "response_bytes_total", &labels, &[], stats.response_bytes.get());
+    }
+    header(out, "requests_active", "gauge", "Requests whose response has not ended yet.");
+    for (l, s) in &reg.listeners {
+        sample_i(out, "requests_active", &[("listener", l)], s.active_requests.get());
+    }
+}
+
+/// Connections on both sides, TLS handshakes, and the refusals of what clients sent.
+fn render_connections(reg: &Registry, out: &mut String) {
+    type Read<S> = fn(&S) -> u64;
+    header(out, "downstream_connections_active", "gauge", "Open downstream connections.");
+    for (l, s) in &reg.listeners {
+        sample_i(out, "downstream_connections_active", &[("listener", l)], s.active_connections.get());
+    }
+    let downstream: [(&str, &str, Read<ListenerStats>); 4] = [
+        ("downstream_connections_total", "Downstream connections accepted (opened).", |s| {
+            s.connections_total.get()
+        }),
+        ("downstream_connections_closed_total", "Downstream connections closed.", |s| {
+            s.connections_closed.get()
+        }),
+        ("downstream_tls_handshakes_total", "Downstream TLS handshakes attempted.", |s| {
+            s.tls_handshakes.get()
+        }),
+        (
+            "downstream_tls_handshake_failures_total",
+            "Downstream TLS handshakes that failed or timed out.",
+            |s| s.tls_handshake_failures.get(),
+        ),
+    ];
+    for (name, help, get) in downstream {
+        header(out, name, "counter", help);
+        for (l, s) in &reg.listeners {
+            sample(out, name, &[("listener", l)], &[], get(s));
+        }
+    }
+    header(
+        out,
+        "downstream_protocol_errors_total",
+        "counter",
+        "Requests and connections refused for what the client sent, by kind.",
+    );
+    for (l, s) in &reg.listeners {
+        for kind in ProtocolErrorKind::ALL {
+            let v = s.protocol_errors.get(kind);
+            sample(out, "downstream_protocol_errors_total", &[("listener", l)], &[("kind", kind.label())], v);
+        }
+    }
+    header(out, "upstream_connections_active", "gauge", "Open upstream connections.");
+    for (c, s) in &reg.clusters {
+        sample_i(out, "upstream_connections_active", &[("cluster", c)], s.active_connections.get());
+    }
+    let upstream: [(&str, &str, Read<ClusterStats>); 6] = [
+        ("upstream_connections_total", "Upstream connections opened.", |s| s.connections_total.get()),
+        ("upstream_connections_closed_total", "Upstream connections closed.", |s| s.connections_closed.get()),
+        ("upstream_connect_failures_total", "Failed upstream connects.", |s| s.connect_failures.get()),
+        (
+            "upstream_errors_total",
+            "Upstream requests that failed after connecting (reset, protocol error).",
+            |s| s.upstream_errors.get(),
+        ),
+        ("upstream_tls_handshakes_total", "TLS handshakes with upstream endpoints attempted.", |s| {
+            s.tls_handshakes.get()
+        }),
+        (
+            "upstream_tls_handshake_failures_total",
+            "TLS handshakes with upstream endpoints that failed.",
+            |s| s.tls_handshake_failures.get(),
+        ),
+    ];
+    for (name, help, get) in upstream {
+        header(out, name, "counter", help);
+        for (c, s) in &reg.clusters {
+            sample(out, name, &[("cluster", c)], &[], get(s));
+        }
     }
 }
 
@@ -505,6 +686,22 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], extra: &[(&str, &str)], v: u64) {
     let _ = writeln!(out, "pymesh_{name}{} {v}", label_set(labels, extra));
+}
+
+/// A histogram's cumulative buckets, sum and count.
+fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+    let (counts, sum_us) = h.snapshot();
+    let mut cumulative = 0;
+    for (i, count) in counts.iter().enumerate() {
+        cumulative += count;
+        let le = match LATENCY_BUCKETS_US.get(i) {
+            Some(us) => format_seconds(*us),
+            None => "+Inf".to_owned(),
+        };
+        let _ = writeln!(out, "pymesh_{name}_bucket{} {cumulative}", label_set(labels, &[("le", &le)]));
+    }
+    let _ = writeln!(out, "pymesh_{name}_sum{} {}", label_set(labels, &[]), format_seconds(sum_us));
+    let _ = writeln!(out, "pymesh_{name}_count{} {cumulative}", label_set(labels, &[]));
 }
 
 fn sample_i(out: &mut String, name: &str, labels: &[(&str, &str)], v: i64) {

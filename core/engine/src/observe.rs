@@ -32,7 +32,7 @@ use http::{HeaderMap, Method, Request, Response, Version};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::http::ProxyBody;
-use crate::metrics::RouteStats;
+use crate::metrics::{GaugeGuard, RouteStats, StatusCounters};
 
 /// Why the proxy answered (or ended) a request itself, as a set of Envoy's response flags,
 /// whose short names operators of Envoy and Istio already read in access logs.
@@ -141,6 +141,11 @@ pub(crate) struct Exchange {
     tap: Arc<tap::Tap>,
     /// The route's stats, once a route took the request.
     pub(crate) route_stats: Option<Arc<RouteStats>>,
+    /// The listener/route/cluster counters, once a cluster was chosen (gRPC status and the
+    /// time to the upstream's first byte are counted there at the end).
+    pub(crate) target_stats: Option<Arc<StatusCounters>>,
+    /// The listener's active-requests gauge, held until the response ends (listener.rs).
+    pub(crate) active: Option<GaugeGuard>,
     pub(crate) route: Option<Arc<str>>,
     pub(crate) cluster: Option<Arc<str>>,
     pub(crate) endpoint: Option<Authority>,
@@ -175,6 +180,8 @@ impl Exchange {
             observe: Arc::clone(observe),
             tap: Arc::clone(tap),
             route_stats: None,
+            target_stats: None,
+            active: None,
             route: None,
             cluster: None,
             endpoint: None,
@@ -195,7 +202,7 @@ impl Exchange {
     pub(crate) fn upstream_answered(&mut self, headers: &HeaderMap) {
         self.upstream_first_byte = Some(self.start.elapsed());
         // Each try's own (a retried try must not inherit the status of the one before).
-        self.grpc_status = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+        self.grpc_status = grpc_status(headers);
     }
 
     /// Wrap the response whose body ends this exchange.
@@ -206,6 +213,11 @@ impl Exchange {
             state: Some(Ending { ex: self, status, bytes: 0, whole: false }),
         })
     }
+}
+
+/// The `grpc-status` of a response head or trailers, when it carries a number.
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
 }
 
 impl Detail {
@@ -268,7 +280,18 @@ impl Ending {
         }
         if let Some(stats) = &ex.route_stats {
             stats.response_bytes.add(bytes);
+            stats.duration.record(duration);
         }
+        if let Some(target) = &ex.target_stats {
+            if let Some(first) = ex.upstream_first_byte {
+                target.upstream_first_byte.record(first);
+            }
+            if let Some(grpc) = ex.grpc_status {
+                target.record_grpc(grpc);
+            }
+        }
+        // The request is over for the active-requests gauge, whatever the sinks take.
+        drop(ex.active.take());
         let Some(detail) = ex.detail.take() else { return };
         let record = Arc::new(Record {
             listener: Arc::clone(&ex.observe.listener),
@@ -336,8 +359,16 @@ impl Body for ObservedBody {
         let polled = this.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(state)) = (frame.data_ref(), this.state.as_mut()) {
-                    state.bytes += data.len() as u64;
+                if let Some(state) = this.state.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        state.bytes += data.len() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        // A gRPC response's status comes in its trailers (in the head only
+                        // for a trailers-only answer, which `upstream_answered` reads).
+                        if let Some(s) = grpc_status(trailers) {
+                            state.ex.grpc_status = Some(s);
+                        }
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => {

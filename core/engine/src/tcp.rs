@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cluster::Cluster;
-use crate::metrics::GaugeGuard;
+use crate::metrics::OpenConnection;
 
 /// Clusters by weight, for a TCP listener or an SNI route.
 #[derive(Debug)]
@@ -165,8 +165,7 @@ async fn relay(mut down: TcpStream, cluster: &Cluster, idle: Duration) -> io::Re
             return Err(io::ErrorKind::ConnectionRefused.into());
         }
     };
-    stats.connections_total.inc();
-    let _open = GaugeGuard::new(Arc::clone(&stats.active_connections));
+    let _open = OpenConnection::new(Arc::clone(stats));
     let _ = up.set_nodelay(true);
 
     let start = Instant::now();

@@ -6,7 +6,6 @@
 //! a `HeaderName` or `HeaderValue` bumps a refcount; nothing is parsed per request).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -257,7 +256,7 @@ impl Local {
     }
 
     /// Answer `req`, and count the answer as the route's.
-    pub(crate) fn respond<B>(&self, req: &Request<B>, start: Instant) -> Response<ProxyBody> {
+    pub(crate) fn respond<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
         let mut resp = match &self.answer {
             Answer::Direct { status, body } => {
                 let mut resp = Response::new(Either::Right(Full::new(body.clone())));
@@ -280,7 +279,6 @@ impl Local {
         };
         self.response_headers.apply(resp.headers_mut());
         self.counters.record(resp.status().as_u16());
-        self.route_stats.duration.record(start.elapsed());
         resp
     }
 }

@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use super::limits::RequestBody;
 use crate::config::ClusterProtocol;
-use crate::metrics::{ClusterStats, GaugeGuard};
+use crate::metrics::{ClusterStats, OpenConnection};
 
 /// The pool settings of a cluster; a plaintext cluster whose settings are unchanged across
 /// applies keeps its client and so its warm connections.
@@ -97,6 +97,7 @@ impl Upstream {
                         inner: http,
                         stats: Arc::clone(&stats),
                         max: settings.max_connections,
+                        tls: false,
                     })),
                     http::uri::Scheme::HTTP,
                 )
@@ -121,6 +122,7 @@ impl Upstream {
                         inner: https,
                         stats: Arc::clone(&stats),
                         max: settings.max_connections,
+                        tls: true,
                     })),
                     http::uri::Scheme::HTTPS,
                 )
@@ -145,12 +147,13 @@ impl Upstream {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A connector (hyper-util's HTTP one, or hyper-rustls' over it), plus a count of open
-/// connections and of failed connects.
+/// connections and of failed connects, and of TLS handshakes when it originates TLS.
 #[derive(Debug, Clone)]
 pub(crate) struct CountingConnector<C> {
     inner: C,
     stats: Arc<ClusterStats>,
     max: Option<u64>,
+    tls: bool,
 }
 
 impl<C> Service<http::Uri> for CountingConnector<C>
@@ -179,16 +182,25 @@ where
         }
         let connecting = self.inner.call(uri);
         let stats = Arc::clone(&self.stats);
+        let tls = self.tls;
         Box::pin(async move {
             match connecting.await {
                 Ok(io) => {
-                    stats.connections_total.inc();
-                    let open = GaugeGuard::new(Arc::clone(&stats.active_connections));
-                    Ok(Counted { io, _open: open })
+                    if tls {
+                        stats.tls_handshakes.inc();
+                    }
+                    Ok(Counted { io, _open: OpenConnection::new(stats) })
                 }
                 Err(e) => {
                     stats.connect_failures.inc();
-                    Err(e.into())
+                    let e: BoxError = e.into();
+                    // hyper-rustls fails a handshake with an io::Error, and a TCP connect
+                    // with hyper-util's own error type: only the former reached TLS.
+                    if tls && e.downcast_ref::<std::io::Error>().is_some() {
+                        stats.tls_handshakes.inc();
+                        stats.tls_handshake_failures.inc();
+                    }
+                    Err(e)
                 }
             }
         })
@@ -199,7 +211,7 @@ where
 #[derive(Debug)]
 pub(crate) struct Counted<T> {
     io: T,
-    _open: GaugeGuard,
+    _open: OpenConnection,
 }
 
 impl<T: Read + Unpin> Read for Counted<T> {

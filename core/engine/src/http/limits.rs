@@ -11,6 +11,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use super::{local_reply, ProxyBody};
 use crate::config::LimitsSpec;
 use crate::error::Error;
-use crate::metrics::{ProtocolErrorKind, ProtocolErrors, StatusCounters};
+use crate::metrics::{ProtocolErrorKind, ProtocolErrors, RouteStats, StatusCounters};
 
 /// hyper's smallest HTTP/1 read buffer, which bounds the request head.
 pub(crate) const MIN_HEADER_BYTES: u32 = 8192;
@@ -137,7 +138,7 @@ pub(crate) fn admit(
             ));
         }
     }
-    Ok(req.map(|inner| RequestBody { inner, remaining: limits.max_body }))
+    Ok(req.map(|inner| RequestBody { inner, remaining: limits.max_body, read: 0, stats: None }))
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host, and a proxy given an
@@ -200,11 +201,39 @@ fn is_host(b: &[u8]) -> bool {
 
 // === impl RequestBody ===
 
-/// The downstream request body on its way upstream, counted against the listener's limit.
+/// The downstream request body on its way upstream, counted against the listener's limit,
+/// and its bytes counted into the route's `request_bytes` once routing hands it the route.
 #[derive(Debug)]
 pub(crate) struct RequestBody {
     inner: Incoming,
     remaining: u64,
+    /// Bytes read and not yet added to `stats`: added once at the end of the body (or when
+    /// it is dropped), not per frame, so that concurrent uploads on one route do not fight
+    /// over its counter's cache line for every frame.
+    read: u64,
+    stats: Option<Arc<RouteStats>>,
+}
+
+impl RequestBody {
+    /// Count this body's bytes into `stats` (the route that took the request).
+    pub(crate) fn count_into(&mut self, stats: Arc<RouteStats>) {
+        self.stats = Some(stats);
+    }
+
+    fn flush(&mut self) {
+        if let Some(stats) = &self.stats {
+            if self.read > 0 {
+                stats.request_bytes.add(self.read);
+                self.read = 0;
+            }
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// Why the downstream request body stopped: found in the upstream client's error chain, it
@@ -270,11 +299,15 @@ impl Body for RequestBody {
                     if this.remaining != u64::MAX {
                         this.remaining -= n;
                     }
+                    this.read += n;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(DownstreamBodyError::Read(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.flush();
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

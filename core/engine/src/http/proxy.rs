@@ -56,7 +56,6 @@ pub(crate) async fn handle(
     mut req: Request<RequestBody>,
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
-    let start = ex.started();
     let target = {
         let tables = shared.tables.load();
         let Some(listener) = tables.listener(slot) else {
@@ -71,7 +70,7 @@ pub(crate) async fn handle(
                     RouteAction::Forward(weighted) => Arc::clone(weighted.pick()),
                     RouteAction::Local(local) => {
                         ex.route_stats = Some(local.route_stats());
-                        return local.respond(&req, start);
+                        return local.respond(&req);
                     }
                 }
             }
@@ -86,6 +85,11 @@ pub(crate) async fn handle(
     let cluster = &target.cluster;
     ex.cluster = Some(Arc::clone(&cluster.name));
     ex.route_stats = Some(Arc::clone(&target.route_stats));
+    ex.target_stats = Some(Arc::clone(&target.counters));
+    // --- metrics: the body counts its bytes into the route's counter as it streams ---
+    if !req.body().is_end_stream() {
+        req.body_mut().count_into(Arc::clone(&target.route_stats));
+    }
     cluster.policy.budget.record_request();
     let plain =
         target.policy.is_none() && cluster.policy.breaker.is_none() && cluster.policy.outlier.is_none();
@@ -96,7 +100,6 @@ pub(crate) async fn handle(
             ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
             target.counters.record(resp.status().as_u16());
-            target.route_stats.duration.record(start.elapsed());
             return resp;
         };
         // --- end load balancing
@@ -126,7 +129,7 @@ pub(crate) async fn handle(
     // --- routing: response header edits ---
     target.actions.apply_response(resp.headers_mut());
     target.counters.record(resp.status().as_u16());
-    target.route_stats.duration.record(start.elapsed());
+    // The duration is recorded when the response ends (observe.rs).
     resp
 }
 

@@ -8,7 +8,7 @@ use crate::http::client::{PoolSettings, Upstream};
 use http::header::LOCATION;
 use http::uri::PathAndQuery;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // === helpers ===
 
@@ -397,7 +397,7 @@ fn redirect(fields: Value, matched: &PathMatch) -> Result<Local, Error> {
 }
 
 fn location(fields: Value, matched: &PathMatch, req: &Request<()>) -> (u16, Option<String>) {
-    let resp = redirect(fields, matched).unwrap().respond(req, Instant::now());
+    let resp = redirect(fields, matched).unwrap().respond(req);
     let loc = resp.headers().get(LOCATION).map(|v| v.to_str().unwrap().to_owned());
     (resp.status().as_u16(), loc)
 }
@@ -456,7 +456,7 @@ fn direct_response_answers_and_counts_under_the_route() {
         stats,
     )
     .unwrap();
-    let resp = local.respond(&get("/"), Instant::now());
+    let resp = local.respond(&get("/"));
     assert_eq!(resp.status().as_u16(), 418);
     assert_eq!(resp.headers()["x-tea"], "yes");
     assert_eq!(counters.total(), 1);

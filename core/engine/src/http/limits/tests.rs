@@ -227,3 +227,38 @@ fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     assert_eq!(status(&r), "200");
     assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
 }
+
+fn metric(e: &Engine, line: &str) -> u64 {
+    e.metrics_text().lines().find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+}
+
+/// Request bytes are counted as the body streams, sized or chunked; a bodiless request adds
+/// nothing. The counters land when the body ends, just before the answer: poll, bounded.
+#[test]
+fn request_body_bytes_count_into_the_route_sized_or_chunked() {
+    let (e, addr) = start(
+        r#"{"max_request_headers": 100, "max_request_header_bytes": 8192, "header_read_timeout_ms": 30000,
+            "idle_timeout_ms": 3600000, "max_concurrent_streams": 100, "max_request_body_bytes": null}"#,
+    );
+    let sized =
+        b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 16\r\nconnection: close\r\n\r\n0123456789abcdef";
+    assert_eq!(status(&exchange(addr, sized)), "200");
+    let chunked = b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n10\r\n0123456789abcdef\r\n1\r\nx\r\n0\r\n\r\n";
+    assert_eq!(status(&exchange(addr, chunked)), "200");
+    assert_eq!(status(&exchange(addr, b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")), "200");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let line = "pymesh_request_bytes_total{listener=\"in\",route=\"all\"}";
+    while metric(&e, line) < 33 {
+        assert!(std::time::Instant::now() < deadline, "{}", e.metrics_text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(metric(&e, line), 33);
+    let code = "pymesh_responses_total{listener=\"in\",route=\"all\",cluster=\"c\",code=\"200\"}";
+    assert_eq!(metric(&e, code), 3);
+    while metric(&e, "pymesh_downstream_connections_closed_total{listener=\"in\"}") < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", e.metrics_text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(metric(&e, "pymesh_request_duration_seconds_count{listener=\"in\",route=\"all\"}"), 3);
+    assert_eq!(metric(&e, "pymesh_requests_active{listener=\"in\"}"), 0);
+}
