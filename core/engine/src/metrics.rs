@@ -224,6 +224,9 @@ pub(crate) struct Metrics {
     pub(crate) config_version: Gauge,
     pub(crate) config_apply_errors: Counter,
     pub(crate) tls_handshake_failures: Counter,
+    /// Access-log records dropped: a sink's queue was full or its write failed
+    /// (observe/accesslog.rs; shared with every access log's writer).
+    pub(crate) access_log_dropped: Arc<Counter>,
 }
 
 fn entry<K: Ord, V: Default>(map: &mut BTreeMap<K, Arc<V>>, key: K) -> Arc<V> {
@@ -440,6 +443,13 @@ impl Metrics {
         let _ = writeln!(out, "pymesh_config_version {}", self.config_version.get());
         header(&mut out, "config_apply_errors_total", "counter", "Snapshots the core refused.");
         let _ = writeln!(out, "pymesh_config_apply_errors_total {}", self.config_apply_errors.get());
+        header(
+            &mut out,
+            "access_log_dropped_total",
+            "counter",
+            "Access-log records dropped: the sink's queue was full or its write failed.",
+        );
+        let _ = writeln!(out, "pymesh_access_log_dropped_total {}", self.access_log_dropped.get());
         out
     }
 }
