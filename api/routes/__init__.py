@@ -13,6 +13,7 @@ from . import (
     policy,
     stats,
     tap,
+    ui,
 )
 
 api_router = APIRouter()
@@ -27,5 +28,6 @@ if policies.AVAILABLE:
 api_router.include_router(stats.router)
 api_router.include_router(tap.router)
 api_router.include_router(policy.router)
+api_router.include_router(ui.router)
 
 __all__ = ["api_router"]
