@@ -7,7 +7,10 @@ __all__ = [
     "BindError",
     "Core",
     "CoreError",
+    "Tap",
     "__version__",
+    "access_log_fields",
+    "access_log_template_error",
     "regex_error",
     "run_bench",
 ]
@@ -68,6 +71,36 @@ class Core:
     def active_connections(self) -> int:
         """Downstream connections now open on proxy listeners."""
 
+    def tap(
+        self,
+        *,
+        listener: str | None = None,
+        route: str | None = None,
+        cluster: str | None = None,
+        status: str | None = None,
+        path_prefix: str | None = None,
+    ) -> Tap:
+        """Listen to the live tap: finished HTTP requests that every given filter takes
+        (``status``: ``"503"`` or a class, ``"5xx"``). Raises ApplyError (``path`` is
+        ``status``) for a bad status filter."""
+
+    def tap_subscribers(self) -> int:
+        """Live tap subscribers now listening."""
+
+@final
+class Tap:
+    """One subscription to the live tap, with its own bounded queue: records that come while
+    it is full are lost (counted), never waited for."""
+
+    def next(self, timeout_s: float) -> dict[str, Any] | None:
+        """The next request record, waiting up to ``timeout_s`` with the GIL released; None
+        when none came in time or the tap is closed. Keys: time, listener, route, cluster,
+        method, authority, path, status, flags, duration_ms, endpoint, attempts, trace_id,
+        request_id."""
+
+    def close(self) -> None:
+        """Stop listening (idempotent)."""
+
 def run_bench(
     url: str,
     *,
@@ -94,3 +127,10 @@ def run_bench(
 def regex_error(pattern: str) -> str | None:
     """Why the core would refuse ``pattern`` as a route regex (anchored, ``regex`` crate
     syntax), or None if it compiles."""
+
+def access_log_template_error(template: str) -> str | None:
+    """Why the core would refuse ``template`` as an access-log text template (an unknown
+    ``{field}``, an unmatched brace), or None if it compiles."""
+
+def access_log_fields() -> list[str]:
+    """The fields of an access-log line, by the names templates and JSON lines use."""

@@ -1,5 +1,5 @@
 """The CLI commands that are clients of a running proxy's admin API: ``get``, ``apply``,
-``diff``, ``rollback``, ``status`` and ``token``.
+``diff``, ``rollback``, ``status``, ``tap`` and ``token``.
 
 Human tables by default (rich), ``-o json`` / ``-o yaml`` for scripts. Exit codes: 0 ok,
 1 failure (the server cannot be reached, refused the token, or failed), 2 invalid input
@@ -12,6 +12,8 @@ import argparse
 import json
 import os
 import sys
+import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ __all__ = ["COMMANDS", "add_commands", "run_command"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 RESOURCES = ("config", "listeners", "routes", "clusters", "endpoints", "versions")
-COMMANDS = frozenset({"get", "apply", "diff", "rollback", "status", "token"})
+COMMANDS = frozenset({"get", "apply", "diff", "rollback", "status", "tap", "token"})
 
 
 class _Invalid(Exception):
@@ -69,6 +71,39 @@ def add_commands(sub: Any) -> None:
     sub.add_parser("status", parents=[common], help="version, uptime, listeners, clusters")
     sub.add_parser("token", parents=[common], help="print the read-write admin token")
 
+    tap = sub.add_parser(
+        "tap", parents=[common], help="print requests live, as they finish (GET /tap)"
+    )
+    tap.add_argument("--listener", metavar="NAME", help="only this listener")
+    tap.add_argument("--route", metavar="NAME", help="only this route")
+    tap.add_argument("--cluster", metavar="NAME", help="only this cluster")
+    tap.add_argument("--status", metavar="CODE", help="only this status (503) or class (5xx)")
+    tap.add_argument("--path-prefix", metavar="PREFIX", help="only paths starting with this")
+    tap.add_argument("--count", type=_positive, metavar="N", help="stop after N requests")
+    tap.add_argument(
+        "--duration", type=_seconds, metavar="S", help="stop after S seconds (default: Ctrl-C)"
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, not {text!r}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        s = -1.0
+    if not 0 < s < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, not {text!r}")
+    return s
+
 
 def run_command(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir if args.data_dir is not None else default_data_dir()
@@ -83,6 +118,7 @@ def run_command(args: argparse.Namespace) -> int:
         "diff": _diff,
         "rollback": _rollback,
         "status": _status,
+        "tap": _tap,
     }
     try:
         return handlers[args.command](args, client, out)
@@ -378,6 +414,91 @@ def _status(args: argparse.Namespace, client: AdminClient, out: _Output) -> int:
 
     out.data(summary, status_text)
     return EXIT_OK if summary["ready"] else EXIT_FAILURE
+
+
+# === tap ===
+
+_TAP_COLUMNS = (
+    ("TIME", 12),
+    ("LISTENER", 10),
+    ("ROUTE", 12),
+    ("CLUSTER", 12),
+    ("STATUS", 6),
+    ("FLAGS", 7),
+    ("MS", 9),
+    ("TRIES", 5),
+    ("ENDPOINT", 21),
+    ("METHOD", 7),
+    ("AUTHORITY", 20),
+    ("PATH", 0),
+)
+
+
+def _tap_row(cells: list[str]) -> str:
+    parts = [
+        c if width == 0 else c[:width].ljust(width)
+        for c, (_, width) in zip(cells, _TAP_COLUMNS, strict=True)
+    ]
+    return " ".join(parts).rstrip()
+
+
+def _tap(args: argparse.Namespace, client: AdminClient, out: _Output) -> int:
+    filters = {
+        "listener": args.listener,
+        "route": args.route,
+        "cluster": args.cluster,
+        "status": args.status,
+        "path_prefix": args.path_prefix,
+    }
+    query = urllib.parse.urlencode({k: v for k, v in filters.items() if v is not None})
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    if out.fmt == "table":
+        out.line(_tap_row([name for name, _ in _TAP_COLUMNS]))
+    shown = 0
+    stream = client.events("/tap" + (f"?{query}" if query else ""))
+    try:
+        for event in stream:
+            if event is not None:
+                shown += 1
+                _tap_event(out, event)
+            if args.count is not None and shown >= args.count:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stream.close()
+    return EXIT_OK
+
+
+def _tap_event(out: _Output, e: dict[str, Any]) -> None:
+    if out.fmt == "json":
+        out.line(json.dumps(e, separators=(",", ":")))
+        return
+    if out.fmt == "yaml":
+        out.line("---\n" + yaml.safe_dump(e, sort_keys=False).rstrip("\n"))
+        return
+    time_text = str(e.get("time", ""))
+    clock = time_text[11:23] if len(time_text) >= 23 else time_text
+    out.line(
+        _tap_row(
+            [
+                clock,
+                _text(e.get("listener")),
+                _text(e.get("route")),
+                _text(e.get("cluster")),
+                _text(e.get("status")),
+                _text(e.get("flags")),
+                f"{e.get('duration_ms', 0):.3f}",
+                _text(e.get("attempts")),
+                _text(e.get("endpoint")),
+                _text(e.get("method")),
+                _text(e.get("authority")),
+                _text(e.get("path")),
+            ]
+        )
+    )
 
 
 def _token(args: argparse.Namespace, data_dir: Path) -> int:

@@ -14,6 +14,7 @@ import os
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,37 @@ class AdminClient:
 
     def get(self, path: str, ok: tuple[int, ...] = (200,)) -> Reply:
         return self.request("GET", path, ok=ok)
+
+    def events(self, path: str) -> Generator[dict[str, Any] | None, None, None]:
+        """The server-sent events of ``GET path``: each ``data:`` event decoded from JSON,
+        and None for each comment (the server's keep-alive), so that a caller can check its
+        own deadline while the stream is idle. Raises AdminError like ``request``."""
+        req = urllib.request.Request(self.url + path, method="GET")
+        req.add_header("accept", "text/event-stream")
+        if self.token:
+            req.add_header("authorization", f"Bearer {self.token}")
+        try:
+            resp = urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl)
+        except urllib.error.HTTPError as e:
+            body = _decode(e.read())
+            problem = body if isinstance(body, dict) else {}
+            detail = problem.get("detail") or str(body or "")
+            raise AdminError(f"GET {path}: {e.code} {detail}", e.code, problem) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise AdminError(f"cannot reach the admin API at {self.url}: {reason}") from None
+        with resp:
+            data: list[str] = []
+            for raw in resp:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if not line:
+                    if data:
+                        yield json.loads("\n".join(data))
+                        data = []
+                elif line.startswith(":"):
+                    yield None
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
 
 
 def _headers(headers: Any) -> dict[str, str]:

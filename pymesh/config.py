@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from pymesh._core import regex_error
+from pymesh._core import access_log_template_error, regex_error
 from pymesh.addresses import (
     Endpoint,
     ListenAddress,
@@ -48,8 +48,10 @@ from pymesh.policy import (
 )
 
 __all__ = [
+    "DEFAULT_ACCESS_LOG_TEMPLATE",
     "FILE_LOC",
     "ROOT_LOC",
+    "AccessLog",
     "AdminConfig",
     "AdminTls",
     "Certificate",
@@ -685,6 +687,59 @@ class Limits(_Model):
     )
 
 
+DEFAULT_ACCESS_LOG_TEMPLATE = (
+    '{downstream_peer} [{time}] "{method} {authority}{path} {protocol}" {status} {flags} '
+    '{request_bytes} {response_bytes} {duration_ms} "{user_agent}" {upstream} {attempts} '
+    "{request_id}"
+)
+"""The `text` access-log line when no template is given: the combined log's shape, with the
+proxy's own fields (flags, upstream, attempts) and the request id."""
+
+
+def _check_template(value: str | None) -> str | None:
+    if value is None:
+        return None
+    problem = access_log_template_error(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+class AccessLog(_Model):
+    """One line per HTTP request, written off the request path through a bounded queue
+    (full: the line is dropped and counted in `pymesh_access_log_dropped_total`)."""
+
+    format: Literal["json", "text"] = Field(
+        default="json",
+        description="`json`: one JSON object per line, with every field; `text`: the `template`.",
+    )
+    template: Annotated[str | None, AfterValidator(_check_template)] = Field(
+        default=None,
+        description="`text` only: the line, with `{field}` placeholders (`{{` and `}}` for "
+        "braces); unknown values print as `-`. Default: a combined-log-like line "
+        f"(`{DEFAULT_ACCESS_LOG_TEMPLATE}`).",
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The file lines are appended to (created if absent; a FIFO needs a reader "
+        "when the config is applied); omitted or `-`: the process's standard output.",
+    )
+    sample_percent: float = Field(
+        default=100,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="Share of requests logged, 0-100, drawn per request. Default 100.",
+    )
+
+    def effective_template(self) -> str | None:
+        """The template the core gets: None for json, the default for text without one."""
+        if self.format == "json":
+            return None
+        return self.template if self.template is not None else DEFAULT_ACCESS_LOG_TEMPLATE
+
+
 class Listener(_Model):
     """An address the proxy accepts connections on, and its routes."""
 
@@ -726,6 +781,11 @@ class Listener(_Model):
         default_factory=Limits,
         description="`http` listeners: limits on what a client may send (header count and "
         "size, header-read and idle timeouts, HTTP/2 streams, body size).",
+    )
+    access_log: AccessLog | None = Field(
+        default=None,
+        description="`http` listeners: log every request (or a sampled share) as JSON or text "
+        "to a file or stdout. Default: off.",
     )
 
 
@@ -1173,6 +1233,11 @@ def _check_protocol(listener: Listener, at: str, err: Callable[[str, str], None]
         err(f"{at}.to", f"only a tcp listener takes 'to' (this one is {proto})")
     if proto != "http" and "limits" in listener.model_fields_set:
         err(f"{at}.limits", f"only an http listener takes 'limits' (this one is {proto})")
+    if proto != "http" and listener.access_log is not None:
+        err(f"{at}.access_log", f"only an http listener takes 'access_log' (this one is {proto})")
+    log = listener.access_log
+    if log is not None and log.format == "json" and log.template is not None:
+        err(f"{at}.access_log.template", "only a text access log takes a template")
     if proto != "http" and listener.tls is not None:
         err(f"{at}.tls", f"only an http listener terminates TLS (this one is {proto})")
     if proto == "tcp":

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pymesh._core import ApplyError, Core
+from pymesh._core import ApplyError, Core, Tap
 from pymesh.config import ROOT_LOC, MeshConfig, check_config
 from pymesh.diff import Change, config_diff
 from pymesh.errors import ConfigError, DrainingError, StaleVersionError
@@ -190,6 +190,20 @@ class Host:
     def metrics_text(self) -> str:
         """Prometheus text exposition of the core's metrics."""
         return self.core.metrics_text()
+
+    def tap(
+        self,
+        *,
+        listener: str | None = None,
+        route: str | None = None,
+        cluster: str | None = None,
+        status: str | None = None,
+        path_prefix: str | None = None,
+    ) -> Tap:
+        """Subscribe to the live tap (see ``pymesh._core.Core.tap``); ``close()`` it when done."""
+        return self.core.tap(
+            listener=listener, route=route, cluster=cluster, status=status, path_prefix=path_prefix
+        )
 
     # === shutdown ===
 

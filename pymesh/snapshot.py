@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from pymesh.config import (
+    AccessLog,
     Certificate,
     Cluster,
     HashOn,
@@ -76,6 +77,18 @@ def _listener(lst: Listener, policies: list[dict[str, Any] | None]) -> dict[str,
         else [],
         "idle_timeout_ms": to_millis(lst.idle_timeout),
         "limits": _limits(lst.limits) if lst.protocol == "http" else None,
+        "access_log": _access_log(lst.access_log),
+    }
+
+
+def _access_log(a: AccessLog | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {
+        "format": a.format,
+        "template": a.effective_template(),
+        "path": None if a.path in (None, "-") else a.path,
+        "sample_percent": a.sample_percent,
     }
 
 

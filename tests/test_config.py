@@ -444,6 +444,7 @@ def test_snapshot_json(tmp_path: Path) -> None:
                     "max_concurrent_streams": 100,
                     "max_request_body_bytes": None,
                 },
+                "access_log": None,
             }
         ],
         "clusters": [

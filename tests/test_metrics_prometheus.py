@@ -121,8 +121,8 @@ def test_golden_metrics_count_what_was_sent(
         "pymesh_upstream_connections_closed": "counter",
         "pymesh_downstream_tls_handshakes": "counter",
         "pymesh_upstream_tls_handshakes": "counter",
-        "pymesh_access_log_records_dropped": "counter",
-        "pymesh_trace_spans_dropped": "counter",
+        "pymesh_access_log_dropped": "counter",
+        "pymesh_tracing_spans_dropped": "counter",
     }
     for name, kind in kinds.items():
         assert name in families, f"{name} missing:\n{text}"

@@ -12,6 +12,7 @@ from . import (
     policies,
     policy,
     stats,
+    tap,
     ui,
 )
 
@@ -25,6 +26,7 @@ api_router.include_router(endpoints.router)
 if policies.AVAILABLE:
     api_router.include_router(policies.router)
 api_router.include_router(stats.router)
+api_router.include_router(tap.router)
 api_router.include_router(policy.router)
 api_router.include_router(ui.router)
 

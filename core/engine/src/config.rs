@@ -38,6 +38,32 @@ pub struct ListenerSpec {
     /// on other listeners). The field itself must be present.
     #[serde(deserialize_with = "Option::deserialize")]
     pub limits: Option<LimitsSpec>,
+    /// One line per request (`protocol: http` only); absent or null: no access log.
+    #[serde(default)]
+    pub access_log: Option<AccessLogSpec>,
+}
+
+/// A listener's access log; see docs/config.md (the Python models hold the defaults).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSpec {
+    pub format: AccessLogFormat,
+    /// `text` only (and required there): the line, with `{field}` placeholders.
+    pub template: Option<String>,
+    /// The file appended to; `None`: the process's standard output.
+    pub path: Option<String>,
+    /// Share of requests logged, 0-100, drawn per request.
+    pub sample_percent: f64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[serde(rename = "json")]
+    Json,
+    /// The `template`, its placeholders filled in.
+    #[serde(rename = "text")]
+    Text,
 }
 
 /// Limits on what a downstream client may send an HTTP listener; see docs/config.md for

@@ -5,6 +5,7 @@
 //! never take it.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use crate::error::Error;
 use crate::http::server::HttpServer;
 use crate::listener::{self, Server};
 use crate::metrics::{Gauge, Metrics};
+use crate::observe::tap::{TapFilter, TapSubscription};
 use crate::tables::{self, HealthCache, Tables, UpstreamCache};
 
 /// What requests share: the tables and the metrics.
@@ -293,7 +295,33 @@ impl Engine {
     }
 
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render()
+        let mut out = self.shared.metrics.render();
+        let tap = &self.shared.tap;
+        let _ = write!(
+            out,
+            "# HELP pymesh_tap_subscribers Live tap subscribers now listening.\n\
+             # TYPE pymesh_tap_subscribers gauge\npymesh_tap_subscribers {}\n\
+             # HELP pymesh_tap_records_total Request records published to the live tap.\n\
+             # TYPE pymesh_tap_records_total counter\npymesh_tap_records_total {}\n\
+             # HELP pymesh_tap_dropped_total Tap records a slow subscriber lost (its queue was full).\n\
+             # TYPE pymesh_tap_dropped_total counter\npymesh_tap_dropped_total {}\n",
+            tap.subscribers(),
+            tap.records.get(),
+            tap.dropped.get(),
+        );
+        out
+    }
+
+    /// Listen to the live tap: a record of every finished HTTP request that `filter` takes.
+    /// Records come through a bounded queue: a subscriber that reads too slowly loses
+    /// records (counted in `pymesh_tap_dropped_total`). Dropping the subscription leaves.
+    pub fn tap(&self, filter: &TapFilter) -> Result<TapSubscription, Error> {
+        self.shared.tap.subscribe(filter, crate::observe::tap::QUEUE_CAPACITY)
+    }
+
+    /// Live tap subscribers now listening.
+    pub fn tap_subscribers(&self) -> usize {
+        self.shared.tap.subscribers()
     }
 
     /// Counters and gauges as one JSON object, for `GET /stats`.
@@ -356,6 +384,12 @@ impl Engine {
             "active_downstream_connections": downstream,
             "active_upstream_connections": upstream,
             "config_apply_errors_total": metrics.config_apply_errors.get(),
+            "access_log_dropped_total": metrics.access_log_dropped.get(),
+            "tap": {
+                "subscribers": self.shared.tap.subscribers(),
+                "records_total": self.shared.tap.records.get(),
+                "dropped_total": self.shared.tap.dropped.get(),
+            },
         })
         .to_string()
     }

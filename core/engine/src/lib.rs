@@ -27,10 +27,23 @@ mod tls;
 
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, ErrorKind};
+pub use observe::tap::{TapEvent, TapFilter, TapSubscription};
 
 /// Check a route regex (`path_regex`, header and query `regex`) the way the core compiles
 /// it: answers the reason it is refused. Lets the Python models refuse a bad pattern with
 /// the regex crate's own message, before a snapshot is built.
 pub fn check_regex(pattern: &str) -> Result<(), String> {
     router::compile_anchored(pattern).map(drop)
+}
+
+/// Check an access-log text template the way the core compiles it: answers why it is
+/// refused (an unknown `{field}`, an unmatched brace). Lets the Python models refuse it
+/// with the same message, before a snapshot is built.
+pub fn check_access_log_template(template: &str) -> Result<(), String> {
+    observe::accesslog::parse_template(template).map(drop)
+}
+
+/// The fields an access-log line has, by the name a template and the JSON line use.
+pub fn access_log_fields() -> &'static [&'static str] {
+    &observe::accesslog::FIELDS
 }

@@ -334,10 +334,9 @@ pub(crate) struct Metrics {
     pub(crate) config_apply_errors: Counter,
     /// Downstream TLS handshakes that failed, all listeners (also counted per listener).
     pub(crate) tls_handshake_failures: Counter,
-    /// Access-log records dropped because the writer's queue was full (observe/accesslog.rs).
-    pub(crate) access_log_dropped: Counter,
-    /// Finished spans dropped: export queue full or collector unreachable (observe/trace.rs).
-    pub(crate) spans_dropped: Counter,
+    /// Access-log records dropped: a sink's queue was full or its write failed
+    /// (observe/accesslog.rs; shared with every access log's writer).
+    pub(crate) access_log_dropped: Arc<Counter>,
 }
 
 fn entry<K: Ord, V: Default>(map: &mut BTreeMap<K, Arc<V>>, key: K) -> Arc<V> {
@@ -461,18 +460,11 @@ impl Metrics {
         let _ = writeln!(out, "pymesh_config_apply_errors_total {}", self.config_apply_errors.get());
         header(
             &mut out,
-            "access_log_records_dropped_total",
+            "access_log_dropped_total",
             "counter",
-            "Access-log records dropped because the log writer's queue was full.",
+            "Access-log records dropped: the sink's queue was full or its write failed.",
         );
-        let _ = writeln!(out, "pymesh_access_log_records_dropped_total {}", self.access_log_dropped.get());
-        header(
-            &mut out,
-            "trace_spans_dropped_total",
-            "counter",
-            "Finished spans dropped: export queue full, or the collector unreachable.",
-        );
-        let _ = writeln!(out, "pymesh_trace_spans_dropped_total {}", self.spans_dropped.get());
+        let _ = writeln!(out, "pymesh_access_log_dropped_total {}", self.access_log_dropped.get());
         out
     }
 }

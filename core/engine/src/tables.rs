@@ -16,6 +16,7 @@ use crate::http::client::{PoolSettings, Upstream};
 use crate::http::limits::HttpLimits;
 use crate::http::server::HttpServer;
 use crate::metrics::{ListenerStats, Metrics, StatusCounters};
+use crate::observe::accesslog::AccessLog;
 use crate::observe::Observe;
 use crate::router::{Route, RouteAction, RouteMatch, Router, Target, Weighted};
 use crate::tcp::{SniPattern, SniRouter, Split};
@@ -197,7 +198,14 @@ fn compile_kind(
                 unrouted: Arc::clone(unrouted),
                 observe: Arc::new(Observe {
                     listener: spec.name.as_str().into(),
-                    access_log: None,
+                    access_log: match &spec.access_log {
+                        Some(a) => Some(Arc::new(AccessLog::compile(
+                            a,
+                            &format!("{path}.access_log"),
+                            &metrics.access_log_dropped,
+                        )?)),
+                        None => None,
+                    },
                     tracer: None,
                 }),
             })))
@@ -207,6 +215,7 @@ fn compile_kind(
             only(spec.tls.is_some(), "tls", "http")?;
             only(spec.limits.is_some(), "limits", "http")?;
             only(!spec.sni_routes.is_empty(), "sni_routes", "tls-passthrough")?;
+            only(spec.access_log.is_some(), "access_log", "http")?;
             Ok(ListenerKind::Tcp { split: split(&spec.to, &format!("{path}.to"), clusters)?, idle: idle()? })
         }
         ListenerProtocol::TlsPassthrough => {
@@ -214,6 +223,7 @@ fn compile_kind(
             only(spec.tls.is_some(), "tls", "http")?;
             only(spec.limits.is_some(), "limits", "http")?;
             only(!spec.to.is_empty(), "to", "tcp")?;
+            only(spec.access_log.is_some(), "access_log", "http")?;
             let mut routes = Vec::with_capacity(spec.sni_routes.len());
             for (j, r) in spec.sni_routes.iter().enumerate() {
                 let rpath = format!("{path}.sni_routes.{j}");

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -12,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use pymesh_engine::bench::{self, BenchOptions, BenchResult, BenchTls};
-use pymesh_engine::{Engine, EngineOptions, Error, ErrorKind};
+use pymesh_engine::{Engine, EngineOptions, Error, ErrorKind, TapEvent, TapFilter, TapSubscription};
 
 create_exception!(
     _core,
@@ -90,6 +91,85 @@ impl PyCore {
     fn active_connections(&self) -> i64 {
         self.engine.active_connections()
     }
+
+    /// Listen to the live tap; every filter given must hold.
+    #[pyo3(signature = (*, listener=None, route=None, cluster=None, status=None, path_prefix=None))]
+    fn tap(
+        &self,
+        py: Python<'_>,
+        listener: Option<String>,
+        route: Option<String>,
+        cluster: Option<String>,
+        status: Option<String>,
+        path_prefix: Option<String>,
+    ) -> PyResult<PyTap> {
+        let filter = TapFilter { listener, route, cluster, status, path_prefix };
+        let sub = self.engine.tap(&filter).map_err(|e| to_py(py, e))?;
+        Ok(PyTap { sub: Mutex::new(Some(sub)) })
+    }
+
+    fn tap_subscribers(&self) -> usize {
+        self.engine.tap_subscribers()
+    }
+}
+
+/// One subscription to the live tap; `close()` (or garbage collection) leaves.
+#[pyclass(name = "Tap", module = "pymesh._core", frozen)]
+struct PyTap {
+    sub: Mutex<Option<TapSubscription>>,
+}
+
+#[pymethods]
+impl PyTap {
+    /// The next request record as a dict, waiting up to `timeout_s` with the GIL released;
+    /// None when none came in time (or the tap is closed).
+    fn next<'py>(&self, py: Python<'py>, timeout_s: f64) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let timeout = Duration::try_from_secs_f64(timeout_s).map_err(|_| {
+            PyValueError::new_err(format!("timeout_s must be a non-negative number, not {timeout_s}"))
+        })?;
+        let event = py.detach(|| {
+            let sub = self.sub.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            sub.as_ref().and_then(|s| s.next(timeout))
+        });
+        event.map(|e| event_dict(py, &e)).transpose()
+    }
+
+    /// Stop listening (idempotent).
+    fn close(&self, py: Python<'_>) {
+        let sub = py.detach(|| self.sub.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+        drop(sub);
+    }
+}
+
+fn event_dict<'py>(py: Python<'py>, e: &TapEvent) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("time", &e.time)?;
+    d.set_item("listener", &e.listener)?;
+    d.set_item("route", &e.route)?;
+    d.set_item("cluster", &e.cluster)?;
+    d.set_item("method", &e.method)?;
+    d.set_item("authority", &e.authority)?;
+    d.set_item("path", &e.path)?;
+    d.set_item("status", e.status)?;
+    d.set_item("flags", &e.flags)?;
+    d.set_item("duration_ms", e.duration_ms)?;
+    d.set_item("endpoint", &e.endpoint)?;
+    d.set_item("attempts", e.attempts)?;
+    d.set_item("trace_id", &e.trace_id)?;
+    d.set_item("request_id", &e.request_id)?;
+    Ok(d)
+}
+
+/// Answer why the core would refuse an access-log text template, or None if it compiles.
+#[pyfunction]
+fn access_log_template_error(template: &str) -> Option<String> {
+    pymesh_engine::check_access_log_template(template).err()
+}
+
+/// The fields of an access-log line, by the name templates and JSON lines use.
+#[pyfunction]
+fn access_log_fields() -> Vec<&'static str> {
+    pymesh_engine::access_log_fields().to_vec()
 }
 
 /// Run the load generator; answers the result as a dict (see `pymesh.bench.BenchResult`).
@@ -193,6 +273,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCore>()?;
     m.add_function(wrap_pyfunction!(run_bench, m)?)?;
     m.add_function(wrap_pyfunction!(regex_error, m)?)?;
+    m.add_class::<PyTap>()?;
+    m.add_function(wrap_pyfunction!(access_log_template_error, m)?)?;
+    m.add_function(wrap_pyfunction!(access_log_fields, m)?)?;
     m.add("CoreError", py.get_type::<CoreError>())?;
     m.add("ApplyError", py.get_type::<ApplyError>())?;
     m.add("BindError", py.get_type::<BindError>())?;
