@@ -205,9 +205,8 @@ impl Exchange {
     /// Note the upstream's response head: now, and its `grpc-status` when it carries one.
     pub(crate) fn upstream_answered(&mut self, headers: &HeaderMap) {
         self.upstream_first_byte = Some(self.start.elapsed());
-        if let Some(s) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()) {
-            self.grpc_status = Some(s);
-        }
+        // Each try's own (a retried try must not inherit the status of the one before).
+        self.grpc_status = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
     }
 
     /// Wrap the response whose body ends this exchange.
