@@ -46,6 +46,7 @@ from pymesh.policy import (
     policy_problems,
     union_branches_removed,
 )
+from pymesh.tracing import Tracing, tracing_problems
 
 __all__ = [
     "DEFAULT_ACCESS_LOG_TEMPLATE",
@@ -1057,6 +1058,11 @@ class MeshConfig(_Model):
         "mirror...) and `cluster` (circuit_breaker, outlier_detection); listeners, routes "
         "and clusters override them field by field.",
     )
+    tracing: Tracing | None = Field(
+        default=None,
+        description="Distributed tracing (W3C trace context and B3 propagation, "
+        "`x-request-id`, spans exported over OTLP/HTTP). Default: off.",
+    )
 
 
 def route_name(route: Route, index: int) -> str:
@@ -1163,6 +1169,8 @@ def check_config(cfg: MeshConfig) -> None:
         for loc, msg in _shadowed_routes(listener.routes, f"{at}.routes"):
             err(loc, msg)
     for loc, msg in policy_problems(cfg):
+        err(loc, msg)
+    for loc, msg in tracing_problems(cfg):
         err(loc, msg)
     if errors:
         raise ConfigError(errors)

@@ -30,6 +30,7 @@ from pymesh.config import (
 )
 from pymesh.durations import to_millis
 from pymesh.policy import cluster_snapshot, route_snapshot
+from pymesh.tracing import tracing_snapshot
 
 __all__ = ["to_snapshot", "to_snapshot_json"]
 
@@ -45,6 +46,7 @@ def to_snapshot(cfg: MeshConfig, version: int) -> dict[str, Any]:
         "clusters": [
             {**_cluster(c), "policy": cluster_snapshot(cfg, i)} for i, c in enumerate(cfg.clusters)
         ],
+        "tracing": tracing_snapshot(cfg.tracing),
     }
 
 

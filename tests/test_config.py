@@ -104,6 +104,7 @@ def test_defaults() -> None:
         "clusters": [],
         # Policy defaults (pymesh/policy.py): none given, so the built-in ones apply.
         "defaults": {"route": NO_ROUTE_POLICY, "cluster": NO_CLUSTER_POLICY},
+        "tracing": None,
     }
     cfg = load_config(minimal())
     listener = cfg.model_dump(mode="json")["listeners"][0]
@@ -480,6 +481,7 @@ def test_snapshot_json(tmp_path: Path) -> None:
                 "policy": None,
             },
         ],
+        "tracing": None,
     }
 
 

@@ -15,6 +15,10 @@ pub struct Snapshot {
     pub version: u64,
     pub listeners: Vec<ListenerSpec>,
     pub clusters: Vec<ClusterSpec>,
+    /// Distributed tracing; null: off. Python always writes it; absent reads as null, so that
+    /// hand-written snapshots (tests, tools) stay short.
+    #[serde(default)]
+    pub tracing: Option<TracingSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -511,6 +515,32 @@ pub struct SuccessRateSpec {
     /// Only endpoints with at least this many requests in the window are judged.
     pub request_volume: u32,
     pub interval_ms: u64,
+}
+
+// === tracing (observe/trace.rs) ===
+
+/// Tracing: trace context propagation on HTTP listeners, and spans exported over OTLP/HTTP.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSpec {
+    /// The collector's OTLP/HTTP traces URL (`http://` or `https://`).
+    pub otlp_endpoint: String,
+    /// Percentage (0-100) of new traces sampled; a caller's decision is honoured.
+    pub sample_percent: f64,
+    /// The `service.name` resource attribute of the spans.
+    pub service_name: String,
+    /// Spans queued for export at most; more are dropped and counted.
+    pub max_queue_spans: u32,
+    /// Spans per export request, at most.
+    pub batch_size: u32,
+    /// A batch is sent at the latest this long after its first span.
+    pub flush_interval_ms: u64,
+    /// One export request may take this long; then its spans are dropped and counted.
+    pub export_timeout_ms: u64,
+    /// Set `x-request-id` (a random UUID) on requests that come without one.
+    pub request_id: bool,
+    /// The HTTP listeners that trace; `None`: all of them.
+    pub listeners: Option<Vec<String>>,
 }
 
 impl Snapshot {

@@ -147,8 +147,15 @@ impl Engine {
             }
         }
 
-        let (tables, upstreams) =
-            tables::compile(snap, &slots, &self.shared.metrics, &control.upstreams, &control.health)?;
+        let old_tracer = self.shared.tables.load().tracer.clone();
+        let (tables, upstreams) = tables::compile(
+            snap,
+            &slots,
+            &self.shared.metrics,
+            &control.upstreams,
+            &control.health,
+            old_tracer.as_ref(),
+        )?;
 
         // Bind every new socket before anything changes; if one fails, the others close.
         let mut bound = Vec::with_capacity(to_bind.len());

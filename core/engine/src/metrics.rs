@@ -337,6 +337,8 @@ pub(crate) struct Metrics {
     /// Access-log records dropped: a sink's queue was full or its write failed
     /// (observe/accesslog.rs; shared with every access log's writer).
     pub(crate) access_log_dropped: Arc<Counter>,
+    /// Tracing's counters (observe/trace.rs), kept across tracers.
+    pub(crate) tracing: Arc<crate::observe::trace::TraceStats>,
 }
 
 fn entry<K: Ord, V: Default>(map: &mut BTreeMap<K, Arc<V>>, key: K) -> Arc<V> {
@@ -454,6 +456,19 @@ impl Metrics {
             "Downstream TLS handshakes that failed, all listeners.",
         );
         let _ = writeln!(out, "pymesh_tls_handshake_failures_total {}", self.tls_handshake_failures.get());
+        // --- tracing (observe/trace.rs) ---
+        let t = &self.tracing;
+        header(&mut out, "tracing_spans_exported_total", "counter", "Spans the trace collector accepted.");
+        let _ = writeln!(out, "pymesh_tracing_spans_exported_total {}", t.spans_exported.get());
+        header(
+            &mut out,
+            "tracing_spans_dropped_total",
+            "counter",
+            "Spans dropped: the export queue was full, or their export failed.",
+        );
+        let _ = writeln!(out, "pymesh_tracing_spans_dropped_total {}", t.spans_dropped.get());
+        header(&mut out, "tracing_export_failures_total", "counter", "Span export requests that failed.");
+        let _ = writeln!(out, "pymesh_tracing_export_failures_total {}", t.export_failures.get());
         header(&mut out, "config_version", "gauge", "Version of the config now serving.");
         let _ = writeln!(out, "pymesh_config_version {}", self.config_version.get());
         header(&mut out, "config_apply_errors_total", "counter", "Snapshots the core refused.");

@@ -154,6 +154,8 @@ pub(crate) struct Exchange {
     pub(crate) flags: Flags,
     /// From the start of the request to the upstream's response head.
     pub(crate) upstream_first_byte: Option<Duration>,
+    /// From the start of the request to its first try upstream (the CLIENT span's start).
+    pub(crate) upstream_sent: Option<Duration>,
     pub(crate) grpc_status: Option<u32>,
     /// The request's trace context (trace.rs), when tracing is on for the listener.
     pub(crate) trace: Option<trace::SpanContext>,
@@ -188,6 +190,7 @@ impl Exchange {
             attempts: 0,
             flags: Flags::default(),
             upstream_first_byte: None,
+            upstream_sent: None,
             grpc_status: None,
             trace,
             detail,
@@ -196,6 +199,14 @@ impl Exchange {
 
     pub(crate) fn started(&self) -> Instant {
         self.start
+    }
+
+    /// Note that a try goes upstream now (only the first one is kept).
+    #[inline]
+    pub(crate) fn sending_upstream(&mut self) {
+        if self.upstream_sent.is_none() {
+            self.upstream_sent = Some(self.start.elapsed());
+        }
     }
 
     /// Note the upstream's response head: now, and its `grpc-status` when it carries one.
@@ -257,6 +268,7 @@ pub(crate) struct Record {
     pub(crate) response_bytes: u64,
     pub(crate) duration: Duration,
     pub(crate) upstream_first_byte: Option<Duration>,
+    pub(crate) upstream_sent: Option<Duration>,
     pub(crate) trace: Option<trace::SpanContext>,
     pub(crate) detail: Box<Detail>,
 }
@@ -305,6 +317,7 @@ impl Ending {
             response_bytes: bytes,
             duration,
             upstream_first_byte: ex.upstream_first_byte,
+            upstream_sent: ex.upstream_sent,
             trace: ex.trace.take(),
             detail,
         });

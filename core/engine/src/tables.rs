@@ -17,6 +17,7 @@ use crate::http::limits::HttpLimits;
 use crate::http::server::HttpServer;
 use crate::metrics::{ListenerStats, Metrics, StatusCounters};
 use crate::observe::accesslog::AccessLog;
+use crate::observe::trace::Tracer;
 use crate::observe::Observe;
 use crate::router::{Route, RouteAction, RouteMatch, Router, Target, Weighted};
 use crate::tcp::{SniPattern, SniRouter, Split};
@@ -67,6 +68,9 @@ pub(crate) struct Tables {
     /// as that socket serves, so accept loops never look a listener up by name.
     pub(crate) listeners: Vec<Option<ListenerTable>>,
     pub(crate) clusters: BTreeMap<String, Arc<Cluster>>,
+    /// The tracer of the snapshot (observe/trace.rs), kept here so that the next apply can
+    /// keep it (and its exporter) when the tracing config did not change.
+    pub(crate) tracer: Option<Arc<Tracer>>,
 }
 
 impl Tables {
@@ -85,13 +89,15 @@ pub(crate) type UpstreamCache = HashMap<String, Arc<Upstream>>;
 pub(crate) type HealthCache = HashMap<String, Arc<HealthGroup>>;
 
 /// Compile `snap`. `slots[i]` is the slot of `snap.listeners[i]`. Answers the tables and the
-/// upstream cache to keep if they are swapped in.
+/// upstream cache to keep if they are swapped in. `old_tracer`: the serving tables' tracer,
+/// kept when the tracing config is unchanged.
 pub(crate) fn compile(
     snap: &Snapshot,
     slots: &[usize],
     metrics: &Metrics,
     old_upstreams: &UpstreamCache,
     old_health: &HealthCache,
+    old_tracer: Option<&Arc<Tracer>>,
 ) -> Result<(Tables, UpstreamCache), Error> {
     let mut upstreams = UpstreamCache::new();
     let mut clusters = BTreeMap::new();
@@ -130,6 +136,8 @@ pub(crate) fn compile(
         clusters.insert(spec.name.clone(), Arc::new(cluster));
     }
 
+    let tracer = compile_tracer(snap, metrics, old_tracer)?;
+
     let max_slot = slots.iter().copied().max().map_or(0, |m| m + 1);
     let mut listeners: Vec<Option<ListenerTable>> = (0..max_slot).map(|_| None).collect();
     let mut names = HashSet::new();
@@ -156,11 +164,41 @@ pub(crate) fn compile(
             routes.push(route);
         }
         let unrouted = metrics.target(&spec.name, "", "");
-        let kind = compile_kind(spec, &path, &clusters, metrics, &unrouted)?;
+        let traced = spec_traced(snap, &spec.name).then_some(tracer.as_ref()).flatten();
+        let kind = compile_kind(spec, &path, &clusters, metrics, &unrouted, traced)?;
         let table = ListenerTable { router: Router::new(routes), unrouted, kind: Arc::new(kind) };
         listeners[slots[i]] = Some(table);
     }
-    Ok((Tables { version: snap.version, listeners, clusters }, upstreams))
+    Ok((Tables { version: snap.version, listeners, clusters, tracer }, upstreams))
+}
+
+/// The snapshot's tracer: the old one when it serves the same tracing config, else a new one
+/// (which starts its exporter). Listener names in `tracing.listeners` must be HTTP listeners.
+fn compile_tracer(
+    snap: &Snapshot,
+    metrics: &Metrics,
+    old: Option<&Arc<Tracer>>,
+) -> Result<Option<Arc<Tracer>>, Error> {
+    let Some(spec) = &snap.tracing else { return Ok(None) };
+    for (k, name) in spec.listeners.iter().flatten().enumerate() {
+        let path = format!("tracing.listeners.{k}");
+        match snap.listeners.iter().find(|l| &l.name == name) {
+            None => return Err(Error::config(path, format!("unknown listener {name:?}"))),
+            Some(l) if l.protocol != ListenerProtocol::Http => {
+                return Err(Error::config(path, format!("listener {name:?} is not an http listener")))
+            }
+            Some(_) => {}
+        }
+    }
+    match old {
+        Some(t) if t.serves(spec) => Ok(Some(Arc::clone(t))),
+        _ => Ok(Some(Arc::new(Tracer::new(spec, "tracing", Arc::clone(&metrics.tracing))?))),
+    }
+}
+
+/// Whether the listener called `name` traces: tracing is on and covers it.
+fn spec_traced(snap: &Snapshot, name: &str) -> bool {
+    snap.tracing.as_ref().is_some_and(|t| t.listeners.as_ref().is_none_or(|ls| ls.iter().any(|l| l == name)))
 }
 
 fn compile_kind(
@@ -169,6 +207,7 @@ fn compile_kind(
     clusters: &BTreeMap<String, Arc<Cluster>>,
     metrics: &Metrics,
     unrouted: &Arc<StatusCounters>,
+    tracer: Option<&Arc<Tracer>>,
 ) -> Result<ListenerKind, Error> {
     let only = |present: bool, field: &str, proto: &str| {
         if present {
@@ -206,7 +245,7 @@ fn compile_kind(
                         )?)),
                         None => None,
                     },
-                    tracer: None,
+                    tracer: tracer.cloned(),
                 }),
             })))
         }

@@ -178,6 +178,7 @@ async fn forward(
 ) -> Response<ProxyBody> {
     ex.endpoint = Some(endpoint.clone());
     ex.attempts = 1;
+    ex.sending_upstream();
     match upstream_uri(cluster, endpoint, pq) {
         Ok(uri) => *req.uri_mut() = uri,
         Err(()) => return local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
@@ -368,6 +369,7 @@ async fn tries(
         };
         ex.endpoint = Some(endpoint.clone());
         ex.attempts += 1;
+        ex.sending_upstream();
         let Ok(uri) = upstream_uri(cluster, endpoint, pq.clone()) else {
             return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
         };

@@ -48,14 +48,14 @@ const CLUSTER_A: &str = r#"{"name": "a", "endpoints": ["127.0.0.1:9"], "lb": "ro
     "hash_on": null, "health_check": null, "panic_threshold_percent": 50, "protocol": "http1", "tls": null}"#;
 
 fn compile_err(snap: &Snapshot) -> Error {
-    compile(snap, &[0], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new()).unwrap_err()
+    compile(snap, &[0], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new(), None).unwrap_err()
 }
 
 #[test]
 fn a_valid_snapshot_compiles_into_the_listener_slot() {
     let snap = snapshot("", CLUSTER_A);
     let (tables, upstreams) =
-        compile(&snap, &[3], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new()).unwrap();
+        compile(&snap, &[3], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new(), None).unwrap();
     assert_eq!(tables.version, 4);
     assert!(tables.listener(3).is_some());
     assert!(tables.listener(0).is_none());
@@ -105,7 +105,7 @@ fn a_route_has_exactly_one_action() {
         assert_eq!(compile_err(&with_route(fields.clone())).path, "listeners.0.routes.1", "{fields}");
     }
     let ok = with_route(json!({"to": [], "redirect": redirect}));
-    assert!(compile(&ok, &[0], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new()).is_ok());
+    assert!(compile(&ok, &[0], &Metrics::default(), &UpstreamCache::new(), &HealthCache::new(), None).is_ok());
     let rewrite = with_route(json!({"to": [], "direct_response": direct.clone(),
                                     "rewrite": {"path_prefix": "/x", "host": null}}));
     assert_eq!(compile_err(&rewrite).path, "listeners.0.routes.1.rewrite");
@@ -149,12 +149,13 @@ fn unknown_snapshot_fields_are_refused() {
 fn unchanged_pool_settings_keep_the_upstream_client() {
     let metrics = Metrics::default();
     let snap = snapshot("", CLUSTER_A);
-    let (_, first) = compile(&snap, &[0], &metrics, &UpstreamCache::new(), &HealthCache::new()).unwrap();
-    let (_, second) = compile(&snap, &[0], &metrics, &first, &HealthCache::new()).unwrap();
+    let (_, first) =
+        compile(&snap, &[0], &metrics, &UpstreamCache::new(), &HealthCache::new(), None).unwrap();
+    let (_, second) = compile(&snap, &[0], &metrics, &first, &HealthCache::new(), None).unwrap();
     assert!(Arc::ptr_eq(&first["a"], &second["a"]));
     let changed =
         snapshot("", &CLUSTER_A.replace("\"max_idle_per_endpoint\": 4", "\"max_idle_per_endpoint\": 5"));
-    let (_, third) = compile(&changed, &[0], &metrics, &second, &HealthCache::new()).unwrap();
+    let (_, third) = compile(&changed, &[0], &metrics, &second, &HealthCache::new(), None).unwrap();
     assert!(!Arc::ptr_eq(&second["a"], &third["a"]));
 }
 
@@ -173,17 +174,18 @@ const CHECKED: &str = r#"{"name": "a", "endpoints": [{"address": "127.0.0.1:9", 
 fn unchanged_health_checks_and_endpoints_keep_the_health_group() {
     let metrics = Metrics::default();
     let snap = snapshot("", CHECKED);
-    let (first, ups) = compile(&snap, &[0], &metrics, &UpstreamCache::new(), &HealthCache::new()).unwrap();
+    let (first, ups) =
+        compile(&snap, &[0], &metrics, &UpstreamCache::new(), &HealthCache::new(), None).unwrap();
     // A weight or balancer change keeps what the checks found.
     let reweighted = snapshot("", &CHECKED.replace("\"weight\": 2", "\"weight\": 5"));
-    let (second, ups) = compile(&reweighted, &[0], &metrics, &ups, &health_of(&first)).unwrap();
+    let (second, ups) = compile(&reweighted, &[0], &metrics, &ups, &health_of(&first), None).unwrap();
     assert!(Arc::ptr_eq(&first.clusters["a"].health, &second.clusters["a"].health));
     // New endpoints or new check settings start over.
     let moved = snapshot("", &CHECKED.replace("127.0.0.1:10", "127.0.0.1:11"));
-    let (third, ups) = compile(&moved, &[0], &metrics, &ups, &health_of(&second)).unwrap();
+    let (third, ups) = compile(&moved, &[0], &metrics, &ups, &health_of(&second), None).unwrap();
     assert!(!Arc::ptr_eq(&second.clusters["a"].health, &third.clusters["a"].health));
     let slower = snapshot("", &CHECKED.replace("\"interval_ms\": 1000", "\"interval_ms\": 2000"));
-    let (fourth, _) = compile(&slower, &[0], &metrics, &ups, &health_of(&first)).unwrap();
+    let (fourth, _) = compile(&slower, &[0], &metrics, &ups, &health_of(&first), None).unwrap();
     assert!(!Arc::ptr_eq(&first.clusters["a"].health, &fourth.clusters["a"].health));
 }
 
@@ -230,7 +232,8 @@ fn balancing_and_health_fields_are_checked_with_their_paths() {
         &[0],
         &Metrics::default(),
         &UpstreamCache::new(),
-        &HealthCache::new()
+        &HealthCache::new(),
+        None
     )
     .is_ok());
     for (text, path) in cases {
