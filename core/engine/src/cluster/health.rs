@@ -290,7 +290,11 @@ impl Checker {
 
 /// One HTTP check on a new connection: TCP, TLS when the cluster has it, then HTTP/1.1 or
 /// HTTP/2 as the cluster's protocol (or the endpoint's ALPN) says; answers the status.
-async fn http_check(address: &Authority, path: &str, transport: &CheckTransport) -> Result<StatusCode, BoxError> {
+async fn http_check(
+    address: &Authority,
+    path: &str,
+    transport: &CheckTransport,
+) -> Result<StatusCode, BoxError> {
     let tcp = tokio::net::TcpStream::connect(address.as_str()).await?;
     tcp.set_nodelay(true)?;
     let Some((connector, sni)) = &transport.tls else {
@@ -299,7 +303,9 @@ async fn http_check(address: &Authority, path: &str, transport: &CheckTransport)
     };
     let name = match sni {
         Some(n) => n.clone(),
-        None => ServerName::try_from(address.host().trim_start_matches('[').trim_end_matches(']').to_owned())?,
+        None => {
+            ServerName::try_from(address.host().trim_start_matches('[').trim_end_matches(']').to_owned())?
+        }
     };
     let tls = connector.connect(name, tcp).await?;
     let h2 = match transport.protocol {
@@ -313,7 +319,13 @@ async fn http_check(address: &Authority, path: &str, transport: &CheckTransport)
 /// `GET path` over a fresh connection, driven here until the response head is back; the
 /// connection closes when this returns. HTTP/2 sends the endpoint as `:authority`,
 /// HTTP/1.1 as `Host`.
-async fn exchange<IO>(io: IO, h2: bool, scheme: &str, address: &Authority, path: &str) -> Result<StatusCode, BoxError>
+async fn exchange<IO>(
+    io: IO,
+    h2: bool,
+    scheme: &str,
+    address: &Authority,
+    path: &str,
+) -> Result<StatusCode, BoxError>
 where
     IO: Read + Write + Unpin + Send + 'static,
 {
@@ -402,7 +414,11 @@ mod tests {
         group_over(spec, address, CheckTransport::plain())
     }
 
-    fn group_over(spec: HealthCheckSpec, address: std::net::SocketAddr, t: CheckTransport) -> Arc<HealthGroup> {
+    fn group_over(
+        spec: HealthCheckSpec,
+        address: std::net::SocketAddr,
+        t: CheckTransport,
+    ) -> Arc<HealthGroup> {
         let addresses: Box<[Authority]> = Box::new([address.to_string().parse().unwrap()]);
         let stats = Arc::new(HealthCheckStats::default());
         Arc::new(HealthGroup::new(Some(spec), addresses, vec![Arc::default()], Some(stats), t))
@@ -431,7 +447,11 @@ mod tests {
                         .or_else(|| req.headers().get(header::HOST).map(|h| h.to_str().unwrap().to_owned()))
                         .unwrap_or_default();
                     log.lock().unwrap().push((req.version(), authority));
-                    let status = if req.uri().path() == "/ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    let status = if req.uri().path() == "/ok" {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
                     let mut resp = http::Response::new(Empty::<Bytes>::new());
                     *resp.status_mut() = status;
                     async move { Ok::<_, std::convert::Infallible>(resp) }
@@ -444,7 +464,8 @@ mod tests {
                             let _ = server.serve_connection(TokioIo::new(sock), service).await;
                         }
                         Some(config) => {
-                            let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(sock).await else {
+                            let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(sock).await
+                            else {
                                 return;
                             };
                             let _ = server.serve_connection(TokioIo::new(stream), service).await;

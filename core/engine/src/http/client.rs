@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
@@ -149,8 +149,13 @@ impl Upstream {
         let (connect_timeout, idle_timeout) = (settings.connect_timeout, settings.idle_timeout);
         let (pool, scheme, kept) = match tls {
             None if h2 => {
-                let pool =
-                    H2Pool::new(counting(http), http::uri::Scheme::HTTP, connect_timeout, idle_timeout, Arc::clone(&stats));
+                let pool = H2Pool::new(
+                    counting(http),
+                    http::uri::Scheme::HTTP,
+                    connect_timeout,
+                    idle_timeout,
+                    Arc::clone(&stats),
+                );
                 (Pool::H2Plain(pool), http::uri::Scheme::HTTP, None)
             }
             None => (Pool::Plain(builder.build(counting(http))), http::uri::Scheme::HTTP, None),
@@ -166,7 +171,9 @@ impl Upstream {
                 // ALPN follows the protocol: http1 offers http/1.1, http2 offers h2, auto
                 // offers both and speaks what the endpoint picks.
                 let pool = match settings.protocol {
-                    ClusterProtocol::Http1 => Pool::Tls(builder.build(counting_tls(b.enable_http1().wrap_connector(http)))),
+                    ClusterProtocol::Http1 => {
+                        Pool::Tls(builder.build(counting_tls(b.enable_http1().wrap_connector(http))))
+                    }
                     ClusterProtocol::Http2 => Pool::H2Tls(H2Pool::new(
                         counting_tls(b.enable_http2().wrap_connector(http)),
                         http::uri::Scheme::HTTPS,

@@ -91,7 +91,10 @@ impl ConnectFailure {
             if err.is::<ConnectionLimit>() {
                 return Self::Limit;
             }
-            if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
                 return Self::Timeout;
             }
             cur = err.source();
@@ -138,7 +141,10 @@ where
     /// endpoint's connection. The URI's authority becomes the request's `Host` header (the
     /// client's host) and that header is dropped, so the upstream sees the client's host as
     /// `:authority` (RFC 9113 8.3.1); without one, the endpoint.
-    pub(crate) async fn request(&self, mut req: Request<OutgoingBody>) -> Result<Response<Incoming>, UpstreamError> {
+    pub(crate) async fn request(
+        &self,
+        mut req: Request<OutgoingBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let Some(endpoint) = req.uri().authority().cloned() else {
             return Err(UpstreamError::request(Box::from("the upstream URI names no endpoint")));
         };
@@ -186,8 +192,11 @@ where
         }
         // Endpoints that left the config leave their slots behind; drop those whose
         // connection is gone while adding the new one, so the map stays as big as the config.
-        let mut next: HashMap<Authority, Arc<Slot>> =
-            current.iter().filter(|(_, s)| s.current.load().is_some()).map(|(a, s)| (a.clone(), Arc::clone(s))).collect();
+        let mut next: HashMap<Authority, Arc<Slot>> = current
+            .iter()
+            .filter(|(_, s)| s.current.load().is_some())
+            .map(|(a, s)| (a.clone(), Arc::clone(s)))
+            .collect();
         let slot = Arc::new(Slot {
             current: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(None),
@@ -238,7 +247,11 @@ where
         slot: &Arc<Slot>,
         endpoint: &Authority,
     ) -> Result<(u64, http2::SendRequest<OutgoingBody>), BoxError> {
-        let uri = Uri::builder().scheme(self.scheme.clone()).authority(endpoint.clone()).path_and_query("/").build()?;
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(endpoint.clone())
+            .path_and_query("/")
+            .build()?;
         let mut connector = self.connector.clone();
         // Errors tagged with whether they still need counting: the connector counts its own
         // (TCP, TLS); a failed handshake is one more failed connect.
