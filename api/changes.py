@@ -126,3 +126,66 @@ def item_named(body: Any, name: str, kind: str) -> dict[str, Any]:
     if body.setdefault("name", name) != name:
         raise ConfigError.single("body.name", f"must be {name!r}, the name in the URL")
     return body
+
+
+# --- edits of a named list (listeners, clusters, a listener's routes) ---
+
+Edit = Callable[[dict[str, Any]], None]
+"""An edit of the config's plain JSON form, as ``change`` takes it."""
+
+Items = Callable[[dict[str, Any]], list[Any]]
+"""Where a named list sits in the config's plain JSON form (made if absent)."""
+
+Finder = Callable[[list[Any], str], int]
+"""The index of the item with a name in such a list, or HTTP 404."""
+
+
+def top_level(key: str, kind: str) -> tuple[Items, Finder]:
+    """A list at the top of the config (``listeners``, ``clusters``) and its finder."""
+
+    def items(data: dict[str, Any]) -> list[Any]:
+        found: list[Any] = data.setdefault(key, [])
+        return found
+
+    return items, lambda lst, name: find_named(lst, name, kind)
+
+
+def adding(items: Items, find: Finder, body: Any, kind: str, at: int | None = None) -> Edit:
+    """Insert ``body`` at ``at`` (default: the end); 409 when its name is taken."""
+
+    def add(data: dict[str, Any]) -> None:
+        lst = items(data)
+        name = body.get("name") if isinstance(body, dict) else None
+        if isinstance(name, str):
+            try:
+                find(lst, name)
+            except HTTPException:
+                pass
+            else:
+                raise HTTPException(409, f"a {kind} named {name!r} exists; PUT it")
+        lst.insert(len(lst) if at is None else at, body)
+
+    return add
+
+
+def replacing(items: Items, find: Finder, name: str, body: dict[str, Any]) -> Edit:
+    """Replace the item called ``name`` in place, or append ``body`` when there is none."""
+
+    def replace(data: dict[str, Any]) -> None:
+        lst = items(data)
+        try:
+            lst[find(lst, name)] = body
+        except HTTPException:
+            lst.append(body)
+
+    return replace
+
+
+def removing(items: Items, find: Finder, name: str) -> Edit:
+    """Remove the item called ``name``; 404 when there is none."""
+
+    def remove(data: dict[str, Any]) -> None:
+        lst = items(data)
+        del lst[find(lst, name)]
+
+    return remove

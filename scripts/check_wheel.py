@@ -1,8 +1,9 @@
 """Check the file list of a built pymesh wheel.
 
 The wheel must hold the compiled core, its stub and ``py.typed``, and the admin layer under
-the pymesh namespace (``pymesh/api``); it must put nothing else at the top of site-packages
-(in particular no bare ``api/`` package, which a user's own ``api`` would clash with).
+the pymesh namespace (``pymesh/api``, with the dashboard's static files in ``pymesh/api/ui``);
+it must put nothing else at the top of site-packages (in particular no bare ``api/``
+package, which a user's own ``api`` would clash with).
 
 Usage: python scripts/check_wheel.py dist/pymesh-*.whl
 """
@@ -18,6 +19,9 @@ REQUIRED = [
     "pymesh/_core.pyi",
     "pymesh/py.typed",
     "pymesh/api/__init__.py",
+    "pymesh/api/ui/index.html",
+    "pymesh/api/ui/app.js",
+    "pymesh/api/ui/style.css",
 ]
 
 

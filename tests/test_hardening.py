@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from certs import CA
-from meshtest import Echo, Mesh, cluster, listener, metric, poll, route
+from meshtest import Echo, Mesh, OneShotServer, cluster, listener, metric, poll, route
 
 # === helpers ===
 
@@ -65,61 +64,39 @@ def one_listener(mesh: Callable[..., Mesh], up: Echo, limits: dict[str, Any] | N
     return mesh({"listeners": [lst], "clusters": [cluster("c", up.address)]})
 
 
-class RawUpstream:
+class RawUpstream(OneShotServer):
     """An HTTP/1.1 upstream on loopback that answers each request with ``answer(head)``
     (raw bytes) and records every request head it got."""
 
     def __init__(self, answer: Callable[[bytes], bytes]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.answer = answer
         self.heads: list[bytes] = []
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(self._exchange)
 
-    def _run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(10)
+    def _exchange(self, conn: socket.socket) -> None:
         buf = b""
-        with conn:
-            try:
-                while True:
-                    while b"\r\n\r\n" not in buf:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            return
-                        buf += chunk
-                    head, _, buf = buf.partition(b"\r\n\r\n")
-                    self.heads.append(head)
-                    lower = head.lower()
-                    if b"transfer-encoding: chunked" in lower:
-                        while b"0\r\n\r\n" not in buf:
-                            buf += conn.recv(65536)
-                        buf = buf.partition(b"0\r\n\r\n")[2]
-                    elif b"content-length:" in lower:
-                        n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
-                        while len(buf) < n:
-                            buf += conn.recv(65536)
-                        buf = buf[n:]
-                    conn.sendall(self.answer(head))
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join(5)
-        self.sock.close()
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                self.heads.append(head)
+                lower = head.lower()
+                if b"transfer-encoding: chunked" in lower:
+                    while b"0\r\n\r\n" not in buf:
+                        buf += conn.recv(65536)
+                    buf = buf.partition(b"0\r\n\r\n")[2]
+                elif b"content-length:" in lower:
+                    n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+                    while len(buf) < n:
+                        buf += conn.recv(65536)
+                    buf = buf[n:]
+                conn.sendall(self.answer(head))
+        except OSError:
+            return
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from meshtest import HTTP_TIMEOUT, Echo, Mesh, cluster, dead_address, listener, metric, poll
@@ -255,6 +256,79 @@ def test_a_per_try_timeout_retries_then_answers_504(
     text = m.metrics()
     assert metric(text, "pymesh_timeouts_total", cluster="up", kind="per_try") == 3
     assert metric(text, "pymesh_retries_total", cluster="up") == 2
+
+
+def test_a_connect_timeout_answers_504_and_names_it(mesh: Callable[..., Mesh]) -> None:
+    # An endpoint that never completes a handshake: a listening socket with backlog 0
+    # whose accept queue is already full, so the kernel drops further SYNs.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    fillers = []
+    try:
+        for _ in range(2):
+            f = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            f.settimeout(0.5)
+            try:
+                f.connect(silent.getsockname())
+            except OSError:
+                f.close()
+                break
+            fillers.append(f)
+        cfg = one_route(address)
+        cfg["clusters"][0]["connect_timeout"] = "200ms"
+        m = mesh(cfg)
+        with client(m) as c:
+            start = time.monotonic()
+            r = c.get("/")
+            elapsed = time.monotonic() - start
+        assert r.status_code == 504, r.text
+        assert r.headers["x-pymesh-timeout"] == "connect"
+        assert "connect timeout" in r.text
+        assert 0.15 <= elapsed < 1.0, elapsed
+        assert metric(m.metrics(), "pymesh_timeouts_total", cluster="up", kind="connect") == 1
+    finally:
+        for f in fillers:
+            f.close()
+        silent.close()
+
+
+def test_a_grpc_unavailable_answer_is_retried_by_its_grpc_status(
+    mesh: Callable[..., Mesh],
+) -> None:
+    calls = collections.Counter[str]()
+    lock = threading.Lock()
+
+    def flaky(request: bytes, context: grpc.ServicerContext) -> bytes:
+        with lock:
+            calls[request.decode()] += 1
+            n = calls[request.decode()]
+        if n == 1:  # the first call of each request fails as a trailers-only answer
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        return b"ok:" + request
+
+    handlers = grpc.method_handlers_generic_handler(
+        "test.Flaky", {"Call": grpc.unary_unary_rpc_method_handler(flaky)}
+    )
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((handlers,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        retry = {"attempts": 2, "on": ["unavailable"], "idempotent": True, "backoff": "1ms"}
+        cfg = one_route(f"127.0.0.1:{port}", retry=retry)
+        cfg["clusters"][0]["protocol"] = "http2"
+        m = mesh(cfg)
+        target = m.listener("in").removeprefix("http://")
+        with grpc.insecure_channel(target) as ch:
+            call = ch.unary_unary("/test.Flaky/Call")
+            assert call(b"a", timeout=10) == b"ok:a"
+            assert call(b"b", timeout=10) == b"ok:b"
+        assert calls == {"a": 2, "b": 2}
+        assert metric(m.metrics(), "pymesh_retries_total", cluster="up") == 2
+    finally:
+        server.stop(None)
 
 
 # === circuit breaker ===

@@ -12,6 +12,7 @@ from . import (
     policies,
     policy,
     stats,
+    ui,
 )
 
 api_router = APIRouter()
@@ -25,5 +26,6 @@ if policies.AVAILABLE:
     api_router.include_router(policies.router)
 api_router.include_router(stats.router)
 api_router.include_router(policy.router)
+api_router.include_router(ui.router)
 
 __all__ = ["api_router"]

@@ -11,7 +11,17 @@ from pymesh.host import Host
 from pymesh.leases import Leases
 
 from ..auth import WriteToken, authenticate
-from ..changes import applied, change, find_named, item_named, read_json, serving
+from ..changes import (
+    adding,
+    applied,
+    change,
+    item_named,
+    read_json,
+    removing,
+    replacing,
+    serving,
+    top_level,
+)
 from ..deps import HostDep, IfMatch, LeasesDep
 from ..problems import CONFLICT, INVALID_CONFIG, NOT_FOUND
 from ..schemas import ClusterState, ConfigApplied, EndpointState
@@ -21,6 +31,7 @@ router = APIRouter(prefix="/clusters", tags=["clusters"], dependencies=[Depends(
 CLUSTER = {"$ref": "#/components/schemas/Cluster"}
 BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": CLUSTER}}}}
 WRITE: dict[int | str, dict[str, Any]] = {404: NOT_FOUND, 409: CONFLICT, 422: INVALID_CONFIG}
+ITEMS = top_level("clusters", "cluster")
 
 
 def endpoint_address(entry: Any) -> str:
@@ -95,15 +106,8 @@ def get_cluster(name: str, host: HostDep, leases: LeasesDep, response: Response)
 async def create_cluster(
     *, request: Request, response: Response, host: HostDep, token: WriteToken, if_match: IfMatch
 ) -> ConfigApplied:
-    body = await read_json(request)
-
-    def add(data: dict[str, Any]) -> None:
-        items = data.setdefault("clusters", [])
-        if isinstance(body, dict) and any(i.get("name") == body.get("name") for i in items):
-            raise HTTPException(409, f"a cluster named {body.get('name')!r} exists; PUT it")
-        items.append(body)
-
-    done, _ = await change(host, add, token=token, if_match=if_match)
+    edit = adding(*ITEMS, await read_json(request), "cluster")
+    done, _ = await change(host, edit, token=token, if_match=if_match)
     return applied(host, done, response)
 
 
@@ -124,15 +128,7 @@ async def replace_cluster(
     if_match: IfMatch,
 ) -> ConfigApplied:
     body = item_named(await read_json(request), name, "cluster")
-
-    def replace(data: dict[str, Any]) -> None:
-        items = data.setdefault("clusters", [])
-        try:
-            items[find_named(items, name, "cluster")] = body
-        except HTTPException:
-            items.append(body)
-
-    done, _ = await change(host, replace, token=token, if_match=if_match)
+    done, _ = await change(host, replacing(*ITEMS, name, body), token=token, if_match=if_match)
     return applied(host, done, response)
 
 
@@ -145,9 +141,5 @@ async def replace_cluster(
 async def delete_cluster(
     *, name: str, response: Response, host: HostDep, token: WriteToken, if_match: IfMatch
 ) -> ConfigApplied:
-    def remove(data: dict[str, Any]) -> None:
-        items = data.setdefault("clusters", [])
-        del items[find_named(items, name, "cluster")]
-
-    done, _ = await change(host, remove, token=token, if_match=if_match)
+    done, _ = await change(host, removing(*ITEMS, name), token=token, if_match=if_match)
     return applied(host, done, response)

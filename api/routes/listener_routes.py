@@ -11,7 +11,18 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pymesh.config import route_name
 
 from ..auth import WriteToken, authenticate
-from ..changes import applied, change, find_named, item_named, read_json, serving
+from ..changes import (
+    Items,
+    adding,
+    applied,
+    change,
+    find_named,
+    item_named,
+    read_json,
+    removing,
+    replacing,
+    serving,
+)
 from ..deps import HostDep, IfMatch
 from ..problems import CONFLICT, INVALID_CONFIG, NOT_FOUND
 from ..schemas import ConfigApplied
@@ -25,9 +36,14 @@ BODY = {"requestBody": {"required": True, "content": {"application/json": {"sche
 WRITE: dict[int | str, dict[str, Any]] = {404: NOT_FOUND, 409: CONFLICT, 422: INVALID_CONFIG}
 
 
-def _routes(data: dict[str, Any], listener: str) -> list[Any]:
-    items = data.setdefault("listeners", [])
-    routes: list[Any] = items[find_named(items, listener, "listener")].setdefault("routes", [])
+def _routes(listener: str) -> Items:
+    """Where the routes of ``listener`` sit in the config (404 when it has no such listener)."""
+
+    def routes(data: dict[str, Any]) -> list[Any]:
+        items = data.setdefault("listeners", [])
+        found: list[Any] = items[find_named(items, listener, "listener")].setdefault("routes", [])
+        return found
+
     return routes
 
 
@@ -91,21 +107,8 @@ async def create_route(
     if_match: IfMatch,
     index: int | None = Query(None, ge=0, le=100_000, description="Insert at this position."),
 ) -> ConfigApplied:
-    body = await read_json(request)
-
-    def add(data: dict[str, Any]) -> None:
-        routes = _routes(data, listener)
-        name = body.get("name") if isinstance(body, dict) else None
-        if isinstance(name, str):
-            try:
-                _index(routes, name)
-            except HTTPException:
-                pass
-            else:
-                raise HTTPException(409, f"a route named {name!r} exists; PUT it")
-        routes.insert(len(routes) if index is None else index, body)
-
-    done, _ = await change(host, add, token=token, if_match=if_match)
+    edit = adding(_routes(listener), _index, await read_json(request), "route", at=index)
+    done, _ = await change(host, edit, token=token, if_match=if_match)
     return applied(host, done, response)
 
 
@@ -127,15 +130,8 @@ async def replace_route(
     if_match: IfMatch,
 ) -> ConfigApplied:
     body = item_named(await read_json(request), name, "route")
-
-    def replace(data: dict[str, Any]) -> None:
-        routes = _routes(data, listener)
-        try:
-            routes[_index(routes, name)] = body
-        except HTTPException:
-            routes.append(body)
-
-    done, _ = await change(host, replace, token=token, if_match=if_match)
+    edit = replacing(_routes(listener), _index, name, body)
+    done, _ = await change(host, edit, token=token, if_match=if_match)
     return applied(host, done, response)
 
 
@@ -149,9 +145,7 @@ async def delete_route(
     token: WriteToken,
     if_match: IfMatch,
 ) -> ConfigApplied:
-    def remove(data: dict[str, Any]) -> None:
-        routes = _routes(data, listener)
-        del routes[_index(routes, name)]
-
-    done, _ = await change(host, remove, token=token, if_match=if_match)
+    done, _ = await change(
+        host, removing(_routes(listener), _index, name), token=token, if_match=if_match
+    )
     return applied(host, done, response)

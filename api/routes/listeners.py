@@ -7,7 +7,17 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from ..auth import WriteToken, authenticate
-from ..changes import applied, change, find_named, item_named, read_json, serving
+from ..changes import (
+    adding,
+    applied,
+    change,
+    item_named,
+    read_json,
+    removing,
+    replacing,
+    serving,
+    top_level,
+)
 from ..deps import HostDep, IfMatch
 from ..problems import CONFLICT, INVALID_CONFIG, NOT_FOUND
 from ..schemas import ConfigApplied
@@ -17,6 +27,7 @@ router = APIRouter(prefix="/listeners", tags=["listeners"], dependencies=[Depend
 LISTENER = {"$ref": "#/components/schemas/Listener"}
 BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": LISTENER}}}}
 WRITE: dict[int | str, dict[str, Any]] = {404: NOT_FOUND, 409: CONFLICT, 422: INVALID_CONFIG}
+ITEMS = top_level("listeners", "listener")
 
 
 @router.get(
@@ -53,15 +64,8 @@ def get_listener(name: str, host: HostDep, response: Response) -> dict[str, Any]
 async def create_listener(
     *, request: Request, response: Response, host: HostDep, token: WriteToken, if_match: IfMatch
 ) -> ConfigApplied:
-    body = await read_json(request)
-
-    def add(data: dict[str, Any]) -> None:
-        items = data.setdefault("listeners", [])
-        if isinstance(body, dict) and any(i.get("name") == body.get("name") for i in items):
-            raise HTTPException(409, f"a listener named {body.get('name')!r} exists; PUT it")
-        items.append(body)
-
-    done, _ = await change(host, add, token=token, if_match=if_match)
+    edit = adding(*ITEMS, await read_json(request), "listener")
+    done, _ = await change(host, edit, token=token, if_match=if_match)
     return applied(host, done, response)
 
 
@@ -82,15 +86,7 @@ async def replace_listener(
     if_match: IfMatch,
 ) -> ConfigApplied:
     body = item_named(await read_json(request), name, "listener")
-
-    def replace(data: dict[str, Any]) -> None:
-        items = data.setdefault("listeners", [])
-        try:
-            items[find_named(items, name, "listener")] = body
-        except HTTPException:
-            items.append(body)
-
-    done, _ = await change(host, replace, token=token, if_match=if_match)
+    done, _ = await change(host, replacing(*ITEMS, name, body), token=token, if_match=if_match)
     return applied(host, done, response)
 
 
@@ -100,9 +96,5 @@ async def replace_listener(
 async def delete_listener(
     *, name: str, response: Response, host: HostDep, token: WriteToken, if_match: IfMatch
 ) -> ConfigApplied:
-    def remove(data: dict[str, Any]) -> None:
-        items = data.setdefault("listeners", [])
-        del items[find_named(items, name, "listener")]
-
-    done, _ = await change(host, remove, token=token, if_match=if_match)
+    done, _ = await change(host, removing(*ITEMS, name), token=token, if_match=if_match)
     return applied(host, done, response)

@@ -26,6 +26,8 @@ use crate::tables::{self, HealthCache, Tables, UpstreamCache};
 pub(crate) struct Shared {
     pub(crate) tables: ArcSwap<Tables>,
     pub(crate) metrics: Metrics,
+    /// The live tap's subscribers (observe/tap.rs); kept across config changes.
+    pub(crate) tap: Arc<crate::observe::tap::Tap>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -18,6 +18,7 @@ mod error;
 mod http;
 mod listener;
 mod metrics;
+mod observe;
 mod policy;
 mod router;
 mod tables;

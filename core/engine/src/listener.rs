@@ -1,6 +1,7 @@
 //! Sockets and accept loops: bind, accept, hand each connection to a handler, and stop on a
 //! signal. What a connection speaks (HTTP, TCP, TLS passthrough) is the handler's business.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::engine::Shared;
 use crate::http::limits::{self, Refusals};
 use crate::http::proxy;
 use crate::metrics::{Gauge, GaugeGuard, ListenerStats};
+use crate::observe::{Exchange, Flags};
 use crate::tables::ListenerKind;
 use crate::tcp;
 
@@ -137,8 +139,10 @@ pub(crate) async fn proxy_connection(
             let service = {
                 let shared = Arc::clone(&shared);
                 let kind = Arc::clone(&kind);
-                service_fn(move |req| {
+                service_fn(move |mut req| {
                     let ListenerKind::Http(http) = &*kind else { unreachable!("an http listener") };
+                    // --- observability: the exchange records the request from its head on ---
+                    let mut ex = Exchange::begin(&http.observe, &shared.tap, &mut req, peer);
                     let refusals = Refusals { errors: &http.stats.protocol_errors, replies: &http.unrouted };
                     let admitted = limits::admit(req, &http.limits, &refusals);
                     let shared = Arc::clone(&shared);
@@ -146,17 +150,22 @@ pub(crate) async fn proxy_connection(
                     async move {
                         match admitted {
                             Ok(req) => {
-                                let resp = proxy::handle(shared, slot, peer, req).await;
-                                if let (Ok(resp), ListenerKind::Http(http)) = (&resp, &*kind) {
+                                let resp = proxy::handle(shared, slot, peer, req, &mut ex).await;
+                                if let ListenerKind::Http(http) = &*kind {
                                     let refusals = Refusals {
                                         errors: &http.stats.protocol_errors,
                                         replies: &http.unrouted,
                                     };
-                                    refusals.count(resp);
+                                    if refusals.count(&resp) {
+                                        ex.flags.set(Flags::DOWNSTREAM_PROTOCOL_ERROR);
+                                    }
                                 }
-                                resp
+                                Ok::<_, Infallible>(ex.finish(resp))
                             }
-                            Err(resp) => Ok(resp),
+                            Err(resp) => {
+                                ex.flags.set(Flags::DOWNSTREAM_PROTOCOL_ERROR);
+                                Ok(ex.finish(resp))
+                            }
                         }
                     }
                 })

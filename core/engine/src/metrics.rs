@@ -22,6 +22,11 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -184,6 +189,8 @@ pub(crate) struct ClusterStats {
 #[derive(Debug, Default)]
 pub(crate) struct RouteStats {
     pub(crate) duration: Histogram,
+    /// Response body bytes sent downstream (observe.rs counts them as the body streams).
+    pub(crate) response_bytes: Counter,
     // --- policies (policy/) ---
     pub(crate) rate_limited: Counter,
     pub(crate) faults_delayed: Counter,
@@ -322,6 +329,12 @@ impl Metrics {
             let sum = format_seconds(sum_us);
             let _ = writeln!(out, "pymesh_request_duration_seconds_sum{} {sum}", label_set(&labels, &[]));
             sample(&mut out, "request_duration_seconds_count", &labels, &[], cumulative);
+        }
+
+        header(&mut out, "response_bytes_total", "counter", "Response body bytes sent to clients.");
+        for ((l, r), stats) in &reg.routes {
+            let labels = [("listener", l.as_str()), ("route", r.as_str())];
+            sample(&mut out, "response_bytes_total", &labels, &[], stats.response_bytes.get());
         }
 
         header(&mut out, "downstream_connections_active", "gauge", "Open downstream connections.");

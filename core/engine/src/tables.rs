@@ -16,6 +16,7 @@ use crate::http::client::{PoolSettings, Upstream};
 use crate::http::limits::HttpLimits;
 use crate::http::server::HttpServer;
 use crate::metrics::{ListenerStats, Metrics, StatusCounters};
+use crate::observe::Observe;
 use crate::router::{Route, RouteAction, RouteMatch, Router, Target, Weighted};
 use crate::tcp::{SniPattern, SniRouter, Split};
 
@@ -53,6 +54,8 @@ pub(crate) struct HttpListener {
     /// Where refusals are counted: by kind, and as answers given before routing.
     pub(crate) stats: Arc<ListenerStats>,
     pub(crate) unrouted: Arc<StatusCounters>,
+    /// Access log and tracing settings (observe.rs).
+    pub(crate) observe: Arc<Observe>,
 }
 
 /// Everything a request reads, swapped as one value.
@@ -192,6 +195,11 @@ fn compile_kind(
                 limits,
                 stats: metrics.listener(&spec.name),
                 unrouted: Arc::clone(unrouted),
+                observe: Arc::new(Observe {
+                    listener: spec.name.as_str().into(),
+                    access_log: None,
+                    tracer: None,
+                }),
             })))
         }
         ListenerProtocol::Tcp => {

@@ -251,6 +251,11 @@ impl Local {
         })
     }
 
+    /// The route's stats (observe.rs counts the answer's bytes there).
+    pub(crate) fn route_stats(&self) -> Arc<RouteStats> {
+        Arc::clone(&self.route_stats)
+    }
+
     /// Answer `req`, and count the answer as the route's.
     pub(crate) fn respond<B>(&self, req: &Request<B>, start: Instant) -> Response<ProxyBody> {
         let mut resp = match &self.answer {

@@ -84,11 +84,16 @@ pub(crate) struct Refusals<'a> {
 pub(crate) struct Refused(pub(crate) ProtocolErrorKind);
 
 impl Refusals<'_> {
-    /// Count a response to a forwarded request if it is marked [`Refused`].
+    /// Count a response to a forwarded request if it is marked [`Refused`]; answers whether
+    /// it was.
     #[inline]
-    pub(crate) fn count<B>(&self, resp: &Response<B>) {
-        if let Some(Refused(kind)) = resp.extensions().get::<Refused>() {
-            self.errors.inc(*kind);
+    pub(crate) fn count<B>(&self, resp: &Response<B>) -> bool {
+        match resp.extensions().get::<Refused>() {
+            Some(Refused(kind)) => {
+                self.errors.inc(*kind);
+                true
+            }
+            None => false,
         }
     }
 }

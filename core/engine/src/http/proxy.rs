@@ -16,11 +16,9 @@
 //! policy, the budget and the breaker allow. A route with no policy, to a cluster with no
 //! breaker or outlier detection, takes the plain path and pays one branch for all of it.
 
-use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, RETRY_AFTER, UPGRADE};
@@ -37,6 +35,7 @@ use super::{local_reply, ProxyBody};
 use crate::cluster::Cluster;
 use crate::engine::Shared;
 use crate::metrics::ProtocolErrorKind;
+use crate::observe::{Exchange, Flags};
 use crate::policy::breaker::{BreakerGuard, Limit};
 use crate::policy::ratelimit::retry_after_secs;
 use crate::policy::retry::{self, Tee};
@@ -48,34 +47,45 @@ use crate::router::{RouteAction, Target};
 /// (which brings its own `buffer_limit`).
 const DEFAULT_BUFFER_LIMIT: u64 = 64 * 1024;
 
-/// Serve one request that arrived on the listener in `slot` from the client at `peer`.
+/// Serve one request that arrived on the listener in `slot` from the client at `peer`;
+/// what the request path learns goes into `ex` (observe.rs).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     slot: usize,
     peer: SocketAddr,
     mut req: Request<RequestBody>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let start = Instant::now();
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    let start = ex.started();
     let target = {
         let tables = shared.tables.load();
         let Some(listener) = tables.listener(slot) else {
             // The listener was removed from the config while this connection was open.
-            return Ok(local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"));
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n");
         };
         // --- routing: match, then forward or answer locally (http/actions.rs) ---
         match listener.router.find(&req) {
-            Some(route) => match &route.action {
-                RouteAction::Forward(weighted) => Arc::clone(weighted.pick()),
-                RouteAction::Local(local) => return Ok(local.respond(&req, start)),
-            },
+            Some(route) => {
+                ex.route = Some(Arc::clone(&route.name));
+                match &route.action {
+                    RouteAction::Forward(weighted) => Arc::clone(weighted.pick()),
+                    RouteAction::Local(local) => {
+                        ex.route_stats = Some(local.route_stats());
+                        return local.respond(&req, start);
+                    }
+                }
+            }
             None => {
+                ex.flags.set(Flags::NO_ROUTE);
                 listener.unrouted.record(404);
-                return Ok(local_reply(StatusCode::NOT_FOUND, "no route matched\n"));
+                return local_reply(StatusCode::NOT_FOUND, "no route matched\n");
             }
         }
     };
 
     let cluster = &target.cluster;
+    ex.cluster = Some(Arc::clone(&cluster.name));
+    ex.route_stats = Some(Arc::clone(&target.route_stats));
     cluster.policy.budget.record_request();
     let plain =
         target.policy.is_none() && cluster.policy.breaker.is_none() && cluster.policy.outlier.is_none();
@@ -83,17 +93,18 @@ pub(crate) async fn handle(
         // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on
         // it (least_request, ewma) until the response head is back. None in rotation: 503.
         let Some((endpoint, mut in_flight)) = cluster.pick(&req, peer) else {
+            ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
             target.counters.record(resp.status().as_u16());
             target.route_stats.duration.record(start.elapsed());
-            return Ok(resp);
+            return resp;
         };
         // --- end load balancing
         let resp = match prepare(&target, &mut req) {
             Ok(pq) => {
                 // --- routing: host rewrite and request header edits ---
                 target.actions.apply_request(req.headers_mut());
-                forward(cluster, endpoint, req, pq).await
+                forward(cluster, endpoint, req, pq, ex).await
             }
             Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
         };
@@ -107,7 +118,7 @@ pub(crate) async fn handle(
         match prepare(&target, &mut req) {
             Ok(pq) => {
                 target.actions.apply_request(req.headers_mut());
-                forward_with_policy(&target, target.policy.as_deref(), peer, req, pq).await
+                forward_with_policy(&target, target.policy.as_deref(), peer, req, pq, ex).await
             }
             Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
         }
@@ -116,7 +127,7 @@ pub(crate) async fn handle(
     target.actions.apply_response(resp.headers_mut());
     target.counters.record(resp.status().as_u16());
     target.route_stats.duration.record(start.elapsed());
-    Ok(resp)
+    resp
 }
 
 /// The path and query sent upstream (with the route's prefix rewrite). An HTTP/2 request
@@ -160,7 +171,10 @@ async fn forward(
     endpoint: &Authority,
     mut req: Request<RequestBody>,
     pq: PathAndQuery,
+    ex: &mut Exchange,
 ) -> Response<ProxyBody> {
+    ex.endpoint = Some(endpoint.clone());
+    ex.attempts = 1;
     match upstream_uri(cluster, endpoint, pq) {
         Ok(uri) => *req.uri_mut() = uri,
         Err(()) => return local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
@@ -182,6 +196,7 @@ async fn forward(
     *req.version_mut() = Version::HTTP_11;
     match cluster.upstream.request(req.map(Either::Left)).await {
         Ok(mut resp) => {
+            ex.upstream_answered(resp.headers());
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(downstream) = upgrade {
                     splice(downstream, hyper::upgrade::on(&mut resp));
@@ -191,18 +206,23 @@ async fn forward(
             strip_hop_by_hop(resp.headers_mut());
             resp.map(|b| Either::Left(UpstreamBody::plain(b)))
         }
-        Err(e) if chain_has::<ConnectionLimit>(&e) => overflow(Limit::Connections),
+        Err(e) if chain_has::<ConnectionLimit>(&e) => overflow(Limit::Connections, ex),
         Err(e) if e.is_connect() && timed_out(&e) => {
             cluster.upstream.stats.timeouts[Kind::Connect as usize].inc();
+            ex.flags.set(Flags::UPSTREAM_TIMEOUT);
             timeouts::reply(Kind::Connect)
         }
         // The connector already counted the failure; nothing reached the upstream.
-        Err(e) if e.is_connect() => local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect failed\n"),
+        Err(e) if e.is_connect() => {
+            ex.flags.set(Flags::UPSTREAM_CONNECT_FAILURE);
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect failed\n")
+        }
         // --- hardening: the client's body broke the exchange (over the limit: 413; bad
         // framing: 400), not the upstream.
         Err(e) if DownstreamBodyError::status_of(&e).is_some() => downstream_body_reply(&e),
         Err(_) => {
             cluster.upstream.stats.upstream_errors.inc();
+            ex.flags.set(Flags::UPSTREAM_RESET);
             local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n")
         }
     }
@@ -216,6 +236,7 @@ async fn forward_with_policy(
     peer: SocketAddr,
     req: Request<RequestBody>,
     pq: PathAndQuery,
+    ex: &mut Exchange,
 ) -> Response<ProxyBody> {
     let cluster = &target.cluster;
     if let Some(p) = policy {
@@ -223,6 +244,7 @@ async fn forward_with_policy(
         if let Some(limit) = &p.rate_limit {
             if let Err(wait) = limit.check(req.headers(), Some(peer.ip())) {
                 p.stats.rate_limited.inc();
+                ex.flags.set(Flags::RATE_LIMITED);
                 let mut resp = local_reply(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
                 return resp;
@@ -232,10 +254,12 @@ async fn forward_with_policy(
         if let Some(fault) = &p.fault {
             if let Some(delay) = fault.delay() {
                 p.stats.faults_delayed.inc();
+                ex.flags.set(Flags::DELAY_INJECTED);
                 tokio::time::sleep(delay).await;
             }
             if let Some(status) = fault.abort() {
                 p.stats.faults_aborted.inc();
+                ex.flags.set(Flags::FAULT_INJECTED);
                 let mut resp = local_reply(status, "fault injected\n");
                 resp.headers_mut().insert("x-pymesh-fault", HeaderValue::from_static("abort"));
                 return resp;
@@ -246,23 +270,25 @@ async fn forward_with_policy(
     let guard = match &cluster.policy.breaker {
         Some(b) => match b.admit(Limit::Requests) {
             Some(g) => Some(g),
-            None => return overflow(Limit::Requests),
+            None => return overflow(Limit::Requests, ex),
         },
         None => None,
     };
     if is_upgrade(&req) {
         let Some((endpoint, _in_flight)) = cluster.pick(&req, peer) else {
+            ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
-        return forward(cluster, endpoint, req, pq).await;
+        return forward(cluster, endpoint, req, pq, ex).await;
     }
     // --- policy: whole-request timeout (policy/timeouts.rs) ---
-    let work = tries(target, policy, peer, req, pq, guard);
+    let work = tries(target, policy, peer, req, pq, guard, &mut *ex);
     match policy.and_then(|p| p.timeout) {
         Some(t) => match tokio::time::timeout(t, work).await {
             Ok(resp) => resp,
             Err(_) => {
                 cluster.upstream.stats.timeouts[Kind::Request as usize].inc();
+                ex.flags.set(Flags::UPSTREAM_TIMEOUT);
                 timeouts::reply(Kind::Request)
             }
         },
@@ -278,6 +304,7 @@ async fn tries(
     req: Request<RequestBody>,
     pq: PathAndQuery,
     mut guard: Option<BreakerGuard>,
+    ex: &mut Exchange,
 ) -> Response<ProxyBody> {
     let cluster = &target.cluster;
     let stats = &cluster.upstream.stats;
@@ -333,8 +360,11 @@ async fn tries(
         // --- load balancing: an endpoint in rotation (outlier ejection takes endpoints out of
         // it); `in_flight` counts the try on it until its outcome is known ---
         let Some((index, endpoint, mut in_flight)) = cluster.pick_indexed(&up, peer) else {
+            ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
+        ex.endpoint = Some(endpoint.clone());
+        ex.attempts += 1;
         let Ok(uri) = upstream_uri(cluster, endpoint, pq.clone()) else {
             return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
         };
@@ -344,7 +374,7 @@ async fn tries(
         let pending = match &cluster.policy.breaker {
             Some(b) => match b.admit(Limit::Pending) {
                 Some(g) => Some(g),
-                None => return overflow(Limit::Pending),
+                None => return overflow(Limit::Pending, ex),
             },
             None => None,
         };
@@ -361,10 +391,11 @@ async fn tries(
                 (TryOutcome::PerTryTimeout, None)
             }
             Some(Ok(resp)) => {
-                let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+                ex.upstream_answered(resp.headers());
+                let grpc = ex.grpc_status;
                 (TryOutcome::Response { status: resp.status().as_u16(), grpc }, Some(resp))
             }
-            Some(Err(e)) if chain_has::<ConnectionLimit>(&e) => return overflow(Limit::Connections),
+            Some(Err(e)) if chain_has::<ConnectionLimit>(&e) => return overflow(Limit::Connections, ex),
             Some(Err(e)) if e.is_connect() && timed_out(&e) => {
                 stats.timeouts[Kind::Connect as usize].inc();
                 (TryOutcome::ConnectTimeout, None)
@@ -410,18 +441,28 @@ async fn tries(
                 }
                 stats.budget_exhausted.inc();
             }
+            ex.flags.set(Flags::RETRY_LIMIT_EXCEEDED);
+        } else if retry.is_some_and(|r| r.retries(outcome, &parts.method)) {
+            ex.flags.set(Flags::RETRY_LIMIT_EXCEEDED);
         }
         return match (outcome, resp) {
             (_, Some(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
                 resp.map(|b| Either::Left(UpstreamBody::with_policy(b, idle, stats, guard.take())))
             }
-            (TryOutcome::ConnectTimeout, None) => timeouts::reply(Kind::Connect),
-            (TryOutcome::PerTryTimeout, None) => timeouts::reply(Kind::PerTry),
+            (TryOutcome::ConnectTimeout | TryOutcome::PerTryTimeout, None) => {
+                ex.flags.set(Flags::UPSTREAM_TIMEOUT);
+                let kind = if outcome == TryOutcome::ConnectTimeout { Kind::Connect } else { Kind::PerTry };
+                timeouts::reply(kind)
+            }
             (TryOutcome::ConnectFailure, None) => {
+                ex.flags.set(Flags::UPSTREAM_CONNECT_FAILURE);
                 local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect failed\n")
             }
-            (_, None) => local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
+            (_, None) => {
+                ex.flags.set(Flags::UPSTREAM_RESET);
+                local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n")
+            }
         };
     }
 }
@@ -443,7 +484,8 @@ fn downstream_body_reply(e: &UpstreamError) -> Response<ProxyBody> {
 }
 
 /// The 503 of a tripped circuit breaker, at once, with `x-pymesh-overflow` saying so.
-fn overflow(limit: Limit) -> Response<ProxyBody> {
+fn overflow(limit: Limit, ex: &mut Exchange) -> Response<ProxyBody> {
+    ex.flags.set(Flags::UPSTREAM_OVERFLOW);
     let text = match limit {
         Limit::Connections => "circuit breaker open: too many upstream connections\n",
         Limit::Pending => "circuit breaker open: too many pending requests\n",

@@ -215,6 +215,11 @@ impl Body for Tee {
                 Some(Err(_)) => copy.spoiled = true,
                 None => copy.complete = true,
             }
+            // hyper sends END_STREAM with the last frame once the body says it has ended,
+            // and then never polls it for the `None` that would say so.
+            if self.inner.is_end_stream() {
+                copy.complete = true;
+            }
         }
         polled
     }

@@ -159,19 +159,47 @@ async fn an_idle_connection_leaves_its_slot_and_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_waiting_on_a_failed_connect_share_its_failure() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
+async fn requests_waiting_on_a_connect_that_times_out_share_its_failure() {
+    // A TLS endpoint that accepts TCP and never answers the ClientHello: the connect hangs
+    // until the cluster's connect timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut socks = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            socks.push(s);
+        }
+    });
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let settings = PoolSettings {
+        connect_timeout: Duration::from_millis(300),
+        max_idle_per_endpoint: 16,
+        idle_timeout: Duration::from_secs(30),
+        protocol: ClusterProtocol::Http2,
+        max_connections: None,
     };
-    let up = upstream(Duration::from_secs(30));
+    let up = Upstream::new(settings, Some((tls, Some("localhost".into()))), Arc::default());
+    let started = Instant::now();
     let (a, b, c) = tokio::join!(
-        up.request(get(dead, "/", None)),
-        up.request(get(dead, "/", None)),
-        up.request(get(dead, "/", None)),
+        up.request(get(addr, "/", None)),
+        up.request(get(addr, "/", None)),
+        up.request(get(addr, "/", None)),
     );
+    let took = started.elapsed();
     for r in [a, b, c] {
-        assert!(r.unwrap_err().is_connect());
+        let e = r.unwrap_err();
+        assert!(e.is_connect());
+        let timed_out = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        assert!(timed_out, "{e}");
     }
-    assert_eq!(up.stats.connect_failures.get(), 1, "one connect for the three");
+    // One connect for the three, so one timeout's wait, not three in a row.
+    assert_eq!(up.stats.connect_failures.get(), 1);
+    assert!(took < Duration::from_millis(850), "{took:?}");
+    hold.abort();
 }

@@ -1,0 +1,369 @@
+//! What happened to one request, recorded once when it ends: the metrics it feeds, and (only
+//! when someone wants it) a [`Record`] for the access log, the live tap and the trace span.
+//!
+//! An [`Exchange`] starts when the request head is parsed and travels with the request
+//! through routing and the tries; it collects what the request path learns (route, cluster,
+//! endpoint, attempts, time to the upstream's first byte, why the proxy answered itself).
+//! The response body is wrapped in an [`ObservedBody`] that counts the bytes sent and, at the
+//! end of the stream or when the body is dropped early, finishes the exchange.
+//!
+//! The cost when nothing listens: no access log on the listener, the request not sampled
+//! for tracing and no tap subscriber means no [`Detail`] is captured and no [`Record`] is
+//! built; the exchange is then a few words moved along with the response, and its end is a
+//! handful of relaxed atomic adds.
+
+// Until the access log, tap and tracer land on top of this skeleton, parts of the record
+// are written and not yet read.
+#![allow(dead_code)]
+
+pub(crate) mod accesslog;
+pub(crate) mod tap;
+pub(crate) mod trace;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{HeaderMap, Method, Request, Response, Version};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::http::ProxyBody;
+use crate::metrics::RouteStats;
+
+/// Why the proxy answered (or ended) a request itself, as a set of Envoy's response flags,
+/// whose short names operators of Envoy and Istio already read in access logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Flags(u16);
+
+impl Flags {
+    /// NR: no route matched.
+    pub(crate) const NO_ROUTE: Self = Self(1);
+    /// UH: no healthy endpoint in the cluster.
+    pub(crate) const NO_HEALTHY_UPSTREAM: Self = Self(1 << 1);
+    /// UF: the upstream connection could not be made.
+    pub(crate) const UPSTREAM_CONNECT_FAILURE: Self = Self(1 << 2);
+    /// UO: a circuit breaker refused the request.
+    pub(crate) const UPSTREAM_OVERFLOW: Self = Self(1 << 3);
+    /// UT: a timeout fired (connect, per-try, request or upstream idle).
+    pub(crate) const UPSTREAM_TIMEOUT: Self = Self(1 << 4);
+    /// UR: the upstream reset the stream or broke the exchange.
+    pub(crate) const UPSTREAM_RESET: Self = Self(1 << 5);
+    /// URX: retries ran out (attempts or budget) on a retryable outcome.
+    pub(crate) const RETRY_LIMIT_EXCEEDED: Self = Self(1 << 6);
+    /// RL: the local rate limit refused the request.
+    pub(crate) const RATE_LIMITED: Self = Self(1 << 7);
+    /// DI: fault injection delayed the request.
+    pub(crate) const DELAY_INJECTED: Self = Self(1 << 8);
+    /// FI: fault injection aborted the request.
+    pub(crate) const FAULT_INJECTED: Self = Self(1 << 9);
+    /// DPE: the client sent what the proxy refuses (framing, limits, a bad body).
+    pub(crate) const DOWNSTREAM_PROTOCOL_ERROR: Self = Self(1 << 10);
+    /// DC: the response ended before it was sent whole (the client left, or the upstream
+    /// body broke mid-stream).
+    pub(crate) const DOWNSTREAM_TERMINATED: Self = Self(1 << 11);
+
+    const NAMES: [(Self, &'static str); 12] = [
+        (Self::NO_ROUTE, "NR"),
+        (Self::NO_HEALTHY_UPSTREAM, "UH"),
+        (Self::UPSTREAM_CONNECT_FAILURE, "UF"),
+        (Self::UPSTREAM_OVERFLOW, "UO"),
+        (Self::UPSTREAM_TIMEOUT, "UT"),
+        (Self::UPSTREAM_RESET, "UR"),
+        (Self::RETRY_LIMIT_EXCEEDED, "URX"),
+        (Self::RATE_LIMITED, "RL"),
+        (Self::DELAY_INJECTED, "DI"),
+        (Self::FAULT_INJECTED, "FI"),
+        (Self::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
+        (Self::DOWNSTREAM_TERMINATED, "DC"),
+    ];
+
+    #[inline]
+    pub(crate) fn set(&mut self, flag: Self) {
+        self.0 |= flag.0;
+    }
+
+    pub(crate) fn contains(self, flag: Self) -> bool {
+        self.0 & flag.0 == flag.0
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The short names of the flags set, in a fixed order.
+    pub(crate) fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES.into_iter().filter(move |(f, _)| self.contains(*f)).map(|(_, n)| n)
+    }
+
+    /// The flags as Envoy prints them: comma-separated short names, `-` for none.
+    pub(crate) fn text(self) -> String {
+        if self.is_empty() {
+            return "-".to_owned();
+        }
+        self.names().collect::<Vec<_>>().join(",")
+    }
+}
+
+/// One HTTP listener's observability settings, compiled with its snapshot.
+#[derive(Debug)]
+pub(crate) struct Observe {
+    pub(crate) listener: Arc<str>,
+    pub(crate) access_log: Option<Arc<accesslog::AccessLog>>,
+    pub(crate) tracer: Option<Arc<trace::Tracer>>,
+}
+
+/// The facts of a request kept for its record, captured only when a record will be made.
+#[derive(Debug)]
+pub(crate) struct Detail {
+    pub(crate) time: SystemTime,
+    pub(crate) method: Method,
+    pub(crate) authority: String,
+    pub(crate) path: String,
+    pub(crate) version: Version,
+    pub(crate) peer: SocketAddr,
+    pub(crate) request_id: String,
+    pub(crate) user_agent: String,
+    /// The request body's declared length (0 without a body; None when streamed unsized).
+    pub(crate) request_bytes: Option<u64>,
+    /// Whether the access log takes this request (its sampling drawn at the start).
+    pub(crate) logged: bool,
+}
+
+/// One request, in progress.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    start: Instant,
+    observe: Arc<Observe>,
+    tap: Arc<tap::Tap>,
+    /// The route's stats, once a route took the request.
+    pub(crate) route_stats: Option<Arc<RouteStats>>,
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) cluster: Option<Arc<str>>,
+    pub(crate) endpoint: Option<Authority>,
+    /// Tries sent upstream (0: answered locally).
+    pub(crate) attempts: u32,
+    pub(crate) flags: Flags,
+    /// From the start of the request to the upstream's response head.
+    pub(crate) upstream_first_byte: Option<Duration>,
+    pub(crate) grpc_status: Option<u32>,
+    /// The request's trace context (trace.rs), when tracing is on for the listener.
+    pub(crate) trace: Option<trace::SpanContext>,
+    detail: Option<Box<Detail>>,
+}
+
+impl Exchange {
+    /// Start observing `req`: tracing headers first (trace.rs may set `x-request-id` and the
+    /// propagated context), then, when an access log, a trace or a tap wants this request,
+    /// its facts.
+    pub(crate) fn begin<B: Body>(
+        observe: &Arc<Observe>,
+        tap: &Arc<tap::Tap>,
+        req: &mut Request<B>,
+        peer: SocketAddr,
+    ) -> Self {
+        let start = Instant::now();
+        let trace = observe.tracer.as_ref().and_then(|t| t.begin(req.headers_mut()));
+        let logged = observe.access_log.as_ref().is_some_and(|l| l.sampled());
+        let sampled = trace.as_ref().is_some_and(|t| t.sampled);
+        let detail = (logged || sampled || tap.active()).then(|| Box::new(Detail::of(req, peer, logged)));
+        Self {
+            start,
+            observe: Arc::clone(observe),
+            tap: Arc::clone(tap),
+            route_stats: None,
+            route: None,
+            cluster: None,
+            endpoint: None,
+            attempts: 0,
+            flags: Flags::default(),
+            upstream_first_byte: None,
+            grpc_status: None,
+            trace,
+            detail,
+        }
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.start
+    }
+
+    /// Note the upstream's response head: now, and its `grpc-status` when it carries one.
+    pub(crate) fn upstream_answered(&mut self, headers: &HeaderMap) {
+        self.upstream_first_byte = Some(self.start.elapsed());
+        // Each try's own (a retried try must not inherit the status of the one before).
+        self.grpc_status = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+    }
+
+    /// Wrap the response whose body ends this exchange.
+    pub(crate) fn finish(self, resp: Response<ProxyBody>) -> Response<ObservedBody> {
+        let status = resp.status().as_u16();
+        resp.map(|inner| ObservedBody {
+            inner,
+            state: Some(Ending { ex: self, status, bytes: 0, whole: false }),
+        })
+    }
+}
+
+impl Detail {
+    fn of<B: Body>(req: &Request<B>, peer: SocketAddr, logged: bool) -> Self {
+        let text =
+            |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let authority = match req.uri().authority() {
+            Some(a) => a.as_str().to_owned(),
+            None => text("host"),
+        };
+        Self {
+            time: SystemTime::now(),
+            method: req.method().clone(),
+            authority,
+            path: req.uri().path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+            version: req.version(),
+            peer,
+            request_id: text("x-request-id"),
+            user_agent: text("user-agent"),
+            request_bytes: req.body().size_hint().exact(),
+            logged,
+        }
+    }
+}
+
+/// What the access log, the tap and the tracer receive about one finished request.
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub(crate) listener: Arc<str>,
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) cluster: Option<Arc<str>>,
+    pub(crate) endpoint: Option<Authority>,
+    pub(crate) status: u16,
+    pub(crate) grpc_status: Option<u32>,
+    pub(crate) flags: Flags,
+    pub(crate) attempts: u32,
+    pub(crate) response_bytes: u64,
+    pub(crate) duration: Duration,
+    pub(crate) upstream_first_byte: Option<Duration>,
+    pub(crate) trace: Option<trace::SpanContext>,
+    pub(crate) detail: Box<Detail>,
+}
+
+/// The end of an exchange, carried by its response body.
+#[derive(Debug)]
+struct Ending {
+    ex: Exchange,
+    status: u16,
+    bytes: u64,
+    /// The body reached its end (not dropped part way).
+    whole: bool,
+}
+
+impl Ending {
+    fn done(self) {
+        let Ending { mut ex, status, bytes, whole } = self;
+        let duration = ex.start.elapsed();
+        if !whole {
+            ex.flags.set(Flags::DOWNSTREAM_TERMINATED);
+        }
+        if let Some(stats) = &ex.route_stats {
+            stats.response_bytes.add(bytes);
+        }
+        let Some(detail) = ex.detail.take() else { return };
+        let record = Arc::new(Record {
+            listener: Arc::clone(&ex.observe.listener),
+            route: ex.route.take(),
+            cluster: ex.cluster.take(),
+            endpoint: ex.endpoint.take(),
+            status,
+            grpc_status: ex.grpc_status,
+            flags: ex.flags,
+            attempts: ex.attempts,
+            response_bytes: bytes,
+            duration,
+            upstream_first_byte: ex.upstream_first_byte,
+            trace: ex.trace.take(),
+            detail,
+        });
+        if record.detail.logged {
+            if let Some(log) = &ex.observe.access_log {
+                log.log(&record);
+            }
+        }
+        if record.trace.as_ref().is_some_and(|t| t.sampled) {
+            if let Some(tracer) = &ex.observe.tracer {
+                tracer.end(&record);
+            }
+        }
+        if ex.tap.active() {
+            ex.tap.publish(&record);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts what it sends and finishes its exchange when it ends
+    /// or is dropped.
+    #[derive(Debug)]
+    pub(crate) struct ObservedBody {
+        #[pin]
+        inner: ProxyBody,
+        state: Option<Ending>,
+    }
+
+    impl PinnedDrop for ObservedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(mut ending) = this.state.take() {
+                // hyper stops polling a body that says it has ended (an empty or
+                // fully sent sized one): that is a whole response, not a cut one.
+                ending.whole = this.inner.as_ref().get_ref().is_end_stream();
+                ending.done();
+            }
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = <ProxyBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(state)) = (frame.data_ref(), this.state.as_mut()) {
+                    state.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(state) = this.state.as_mut() {
+                    state.ex.flags.set(Flags::UPSTREAM_RESET);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut ending) = this.state.take() {
+                    ending.whole = true;
+                    ending.done();
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests;
