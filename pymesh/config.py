@@ -1186,13 +1186,6 @@ def _check_cluster(cluster: Cluster, at: str, err: Callable[[str, str], None]) -
         )
     if cluster.lb not in HASHING_LBS and cluster.hash_on is not None:
         err(f"{at}.hash_on", f"hash_on is only for ring_hash and maglev, not {cluster.lb}")
-    hc = cluster.health_check
-    http_check = hc is not None and not hc.tcp
-    if http_check and (cluster.tls is not None or cluster.effective_protocol() == "http2"):
-        err(
-            f"{at}.health_check",
-            "HTTP checks of TLS or http2 endpoints are not supported yet; use tcp: true",
-        )
     seen: dict[str, int] = {}
     for j, e in enumerate(cluster.weighted_endpoints()):
         if e.address in seen:

@@ -137,10 +137,10 @@ def test_panic_threshold_is_a_percentage(value: object) -> None:
     }
 
 
-def test_http_checks_need_plaintext_http1_endpoints() -> None:
-    errors = errors_of(config(protocol="http2", health_check={}))
-    assert errors.keys() == {"clusters.0.health_check"}
-    assert "tcp: true" in errors["clusters.0.health_check"]
-    assert errors_of(config(tls={}, health_check={})).keys() == {"clusters.0.health_check"}
+def test_http_checks_suit_tls_and_http2_endpoints() -> None:
+    for extra in ({"protocol": "http2"}, {"tls": {}}, {"tls": {}, "protocol": "auto"}):
+        sent = snapshot_cluster(config(health_check={}, **extra))
+        assert sent["health_check"]["tcp"] is False
+        assert sent["health_check"]["path"] == "/healthz"
     sent = snapshot_cluster(config(protocol="http2", health_check={"tcp": True}))
     assert sent["health_check"]["tcp"] is True

@@ -19,13 +19,13 @@ use http::header::{HeaderName, COOKIE};
 use http::uri::Authority;
 use http::Request;
 
-use crate::config::{ClusterProtocol, ClusterSpec, HashOnSpec, HealthCheckSpec, LbKind};
+use crate::config::{ClusterSpec, HashOnSpec, HealthCheckSpec, LbKind};
 use crate::error::Error;
 use crate::http::client::Upstream;
 use crate::metrics::Metrics;
 use crate::policy::outlier::Outlier;
 use crate::policy::ClusterPolicy;
-use health::HealthGroup;
+use health::{CheckTransport, HealthGroup};
 use lb::{Balancer, InFlight, Load, Member, PickContext};
 
 /// The most an endpoint's weight may be (a bound that keeps ring and schedule sizes sane).
@@ -109,23 +109,21 @@ impl Cluster {
         }
         if let Some(hc) = &spec.health_check {
             check_health_spec(hc, &format!("{path}.health_check"))?;
-            // HTTP checks speak plaintext HTTP/1.1 on a client of their own.
-            if !hc.tcp && (spec.tls.is_some() || spec.protocol == ClusterProtocol::Http2) {
-                return Err(Error::config(
-                    format!("{path}.health_check"),
-                    "HTTP checks of TLS or http2 endpoints are not supported yet; use tcp: true",
-                ));
-            }
         }
+        // HTTP checks speak the cluster's protocol, over its TLS when it has some.
+        let transport = CheckTransport::new(spec.protocol, upstream.tls.as_ref());
 
         let addresses: Box<[Authority]> = endpoints.iter().map(|e| e.authority.clone()).collect();
         let health = match old_health {
-            Some(g) if g.fits(spec.health_check.as_ref(), &addresses) => Arc::clone(g),
+            Some(g) if g.fits(spec.health_check.as_ref(), &addresses) => {
+                g.stage(transport);
+                Arc::clone(g)
+            }
             _ => {
                 let gauges =
                     addresses.iter().map(|a| metrics.endpoint_health(&spec.name, a.as_str())).collect();
                 let stats = spec.health_check.as_ref().map(|_| metrics.health_checks(&spec.name));
-                Arc::new(HealthGroup::new(spec.health_check.clone(), addresses, gauges, stats))
+                Arc::new(HealthGroup::new(spec.health_check.clone(), addresses, gauges, stats, transport))
             }
         };
         let policy = ClusterPolicy::compile(spec.policy.as_ref(), path, endpoints.len(), &upstream.stats)?;

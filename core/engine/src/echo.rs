@@ -8,7 +8,8 @@
 //!
 //! To show what reached it (for tests of a proxy's rewrites), every response also carries
 //! `echo-http-version` (`HTTP/1.1` or `HTTP/2`), `echo-method`, `echo-path` (the path, without the query), `echo-query` (when there is
-//! one) and `echo-host` (the `Host` header, when there is one); and `?echo_headers=a,b`
+//! one), `echo-host` (the `Host` header, when there is one) and `echo-authority` (the request
+//! target's authority: HTTP/2's `:authority`, when there is one); and `?echo_headers=a,b`
 //! adds `echo-header-a` and `echo-header-b` with the values of request headers `a` and `b`
 //! (several values joined by `, `; a header the request lacks is left out).
 
@@ -174,6 +175,9 @@ fn seen_headers<B>(req: &Request<B>, echo_headers: Option<&str>) -> HeaderMap {
     }
     if let Some(h) = req.headers().get(HOST) {
         out.insert("echo-host", h.clone());
+    }
+    if let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        out.insert("echo-authority", a);
     }
     for name in echo_headers.unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let (Ok(asked), Ok(reported)) = (

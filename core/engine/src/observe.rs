@@ -12,10 +12,6 @@
 //! built; the exchange is then a few words moved along with the response, and its end is a
 //! handful of relaxed atomic adds.
 
-// Until the access log, tap and tracer land on top of this skeleton, parts of the record
-// are written and not yet read.
-#![allow(dead_code)]
-
 pub(crate) mod accesslog;
 pub(crate) mod tap;
 pub(crate) mod trace;
@@ -195,10 +191,6 @@ impl Exchange {
             trace,
             detail,
         }
-    }
-
-    pub(crate) fn started(&self) -> Instant {
-        self.start
     }
 
     /// Note that a try goes upstream now (only the first one is kept).

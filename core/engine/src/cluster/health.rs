@@ -1,6 +1,8 @@
 //! Active health checking: one tokio task per endpoint sends an HTTP `GET` (or opens a TCP
 //! connection) every interval, and a small state machine turns the results into healthy /
-//! unhealthy with the configured thresholds.
+//! unhealthy with the configured thresholds. HTTP checks speak what the cluster speaks: TLS
+//! with the cluster's upstream TLS settings, and HTTP/1.1 or HTTP/2 as its `protocol` says
+//! (`auto`: what the endpoint's ALPN picks).
 //!
 //! A cluster's [`HealthGroup`] outlives snapshots whose health-check settings and endpoint
 //! addresses are unchanged for that cluster, so re-applying a config neither restarts the
@@ -12,16 +14,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{header, Request, Uri};
+use http::{header, Request, StatusCode, Uri};
 use http_body_util::Empty;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::{http1, http2};
+use hyper::rt::{Read, Write};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
 use tokio::task::AbortHandle;
 
-use crate::config::HealthCheckSpec;
+use crate::config::{ClusterProtocol, HealthCheckSpec};
 use crate::metrics::{Gauge, HealthCheckStats};
 
 /// The health of one endpoint as the request path reads it.
@@ -56,6 +60,53 @@ pub(crate) struct HealthGroup {
     stats: Option<Arc<HealthCheckStats>>,
     tasks: Mutex<Vec<AbortHandle>>,
     started: AtomicBool,
+    /// How checks reach the endpoints; read by the checkers at each check.
+    transport: ArcSwap<CheckTransport>,
+    /// The transport of the snapshot being compiled, taken up by `start` when that snapshot
+    /// is swapped in (a refused snapshot's is replaced by the next compile's).
+    staged: Mutex<Option<Arc<CheckTransport>>>,
+}
+
+/// How HTTP checks reach a cluster's endpoints: its protocol and its upstream TLS.
+#[derive(Clone)]
+pub(crate) struct CheckTransport {
+    protocol: ClusterProtocol,
+    /// The connector (the cluster's client config, ALPN by protocol) and the server name to
+    /// send (none: the endpoint's host).
+    tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+}
+
+impl std::fmt::Debug for CheckTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckTransport")
+            .field("protocol", &self.protocol)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl CheckTransport {
+    pub(crate) fn new(
+        protocol: ClusterProtocol,
+        tls: Option<&(Arc<rustls::ClientConfig>, Option<ServerName<'static>>)>,
+    ) -> Self {
+        let tls = tls.map(|(config, sni)| {
+            let mut config = rustls::ClientConfig::clone(config);
+            config.alpn_protocols = match protocol {
+                ClusterProtocol::Http1 => vec![b"http/1.1".to_vec()],
+                ClusterProtocol::Http2 => vec![b"h2".to_vec()],
+                ClusterProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            };
+            (tokio_rustls::TlsConnector::from(Arc::new(config)), sni.clone())
+        });
+        Self { protocol, tls }
+    }
+
+    /// Plaintext HTTP/1.1.
+    #[cfg(test)]
+    pub(crate) fn plain() -> Self {
+        Self { protocol: ClusterProtocol::Http1, tls: None }
+    }
 }
 
 impl HealthGroup {
@@ -67,6 +118,7 @@ impl HealthGroup {
         addresses: Box<[Authority]>,
         gauges: Vec<Arc<Gauge>>,
         stats: Option<Arc<HealthCheckStats>>,
+        transport: CheckTransport,
     ) -> Self {
         let healthy = spec.is_none();
         let endpoints = gauges
@@ -81,7 +133,15 @@ impl HealthGroup {
             stats,
             tasks: Mutex::default(),
             started: AtomicBool::new(false),
+            transport: ArcSwap::from_pointee(transport),
+            staged: Mutex::default(),
         }
+    }
+
+    /// The transport for checks once the snapshot being compiled is swapped in (a kept
+    /// group follows the cluster's new TLS files and protocol).
+    pub(crate) fn stage(&self, transport: CheckTransport) {
+        *self.staged.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(transport));
     }
 
     /// Whether this group serves a cluster with these settings and endpoints.
@@ -105,14 +165,15 @@ impl HealthGroup {
         for e in self.endpoints.iter() {
             e.gauge.set(i64::from(e.is_healthy()));
         }
-        let Some(spec) = &self.spec else { return };
-        if self.started.swap(true, Ordering::AcqRel) {
+        if let Some(t) = self.staged.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            self.transport.store(t);
+        }
+        if self.spec.is_none() || self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        let client = Checker::client(spec);
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         for i in 0..self.endpoints.len() {
-            let checker = Checker { group: Arc::clone(self), index: i, client: client.clone() };
+            let checker = Checker { group: Arc::clone(self), index: i };
             tasks.push(tokio::spawn(checker.run()).abort_handle());
         }
     }
@@ -179,28 +240,16 @@ impl HealthState {
 
 // === impl Checker ===
 
-type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Each check opens a fresh connection (not the cluster's pool): it tells whether the
+/// endpoint accepts new connections, and never queues behind traffic.
 struct Checker {
     group: Arc<HealthGroup>,
     index: usize,
-    client: CheckClient,
 }
 
 impl Checker {
-    /// A client of its own (not the cluster's pool): a check opens a fresh connection, so it
-    /// tells whether the endpoint accepts new connections, and never queues behind traffic.
-    fn client(spec: &HealthCheckSpec) -> CheckClient {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_millis(spec.timeout_ms)));
-        Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_max_idle_per_host(0)
-            .build(http)
-    }
-
     async fn run(self) {
         let spec = self.group.spec.clone().expect("checkers run only with a health check");
         let endpoint = &self.group.endpoints[self.index];
@@ -231,22 +280,86 @@ impl Checker {
             let connect = tokio::net::TcpStream::connect(address.as_str());
             return matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)));
         };
-        let Ok(uri) = Uri::builder().scheme("http").authority(address.clone()).path_and_query(path).build()
-        else {
-            return false;
-        };
-        let Ok(req) = Request::get(uri)
-            .header(header::HOST, address.as_str())
-            .header(header::USER_AGENT, "pymesh-health-check")
-            .body(Empty::new())
-        else {
-            return false;
-        };
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => spec.expected_statuses.contains(&resp.status().as_u16()),
+        let transport = self.group.transport.load_full();
+        match tokio::time::timeout(timeout, http_check(address, path, &transport)).await {
+            Ok(Ok(status)) => spec.expected_statuses.contains(&status.as_u16()),
             _ => false,
         }
     }
+}
+
+/// One HTTP check on a new connection: TCP, TLS when the cluster has it, then HTTP/1.1 or
+/// HTTP/2 as the cluster's protocol (or the endpoint's ALPN) says; answers the status.
+async fn http_check(
+    address: &Authority,
+    path: &str,
+    transport: &CheckTransport,
+) -> Result<StatusCode, BoxError> {
+    let tcp = tokio::net::TcpStream::connect(address.as_str()).await?;
+    tcp.set_nodelay(true)?;
+    let Some((connector, sni)) = &transport.tls else {
+        let h2 = transport.protocol == ClusterProtocol::Http2;
+        return exchange(TokioIo::new(tcp), h2, "http", address, path).await;
+    };
+    let name = match sni {
+        Some(n) => n.clone(),
+        None => {
+            ServerName::try_from(address.host().trim_start_matches('[').trim_end_matches(']').to_owned())?
+        }
+    };
+    let tls = connector.connect(name, tcp).await?;
+    let h2 = match transport.protocol {
+        ClusterProtocol::Http1 => false,
+        ClusterProtocol::Http2 => true,
+        ClusterProtocol::Auto => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+    };
+    exchange(TokioIo::new(tls), h2, "https", address, path).await
+}
+
+/// `GET path` over a fresh connection, driven here until the response head is back; the
+/// connection closes when this returns. HTTP/2 sends the endpoint as `:authority`,
+/// HTTP/1.1 as `Host`.
+async fn exchange<IO>(
+    io: IO,
+    h2: bool,
+    scheme: &str,
+    address: &Authority,
+    path: &str,
+) -> Result<StatusCode, BoxError>
+where
+    IO: Read + Write + Unpin + Send + 'static,
+{
+    let builder = Request::get(path).header(header::USER_AGENT, "pymesh-health-check");
+    if h2 {
+        let uri = Uri::builder().scheme(scheme).authority(address.clone()).path_and_query(path).build()?;
+        let req = builder.uri(uri).body(Empty::<Bytes>::new())?;
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new());
+        let (mut sender, conn) = b.handshake(io).await?;
+        let sent = sender.send_request(req);
+        Ok(drive(sent, conn).await??.status())
+    } else {
+        let req = builder.header(header::HOST, address.as_str()).body(Empty::<Bytes>::new())?;
+        let (mut sender, conn) = http1::handshake(io).await?;
+        let sent = sender.send_request(req);
+        Ok(drive(sent, conn).await??.status())
+    }
+}
+
+/// Wait for the response while driving the connection. A connection that ends first (the
+/// server answered and closed) has settled the response already: take it then.
+async fn drive<R, C>(sent: R, conn: C) -> Result<R::Output, BoxError>
+where
+    R: std::future::Future,
+    C: std::future::Future,
+{
+    tokio::pin!(sent, conn);
+    tokio::select! {
+        biased;
+        r = &mut sent => return Ok(r),
+        _ = &mut conn => {}
+    }
+    Ok(sent.await)
 }
 
 #[cfg(test)]
@@ -298,9 +411,174 @@ mod tests {
     }
 
     fn group(spec: HealthCheckSpec, address: std::net::SocketAddr) -> Arc<HealthGroup> {
+        group_over(spec, address, CheckTransport::plain())
+    }
+
+    fn group_over(
+        spec: HealthCheckSpec,
+        address: std::net::SocketAddr,
+        t: CheckTransport,
+    ) -> Arc<HealthGroup> {
         let addresses: Box<[Authority]> = Box::new([address.to_string().parse().unwrap()]);
         let stats = Arc::new(HealthCheckStats::default());
-        Arc::new(HealthGroup::new(Some(spec), addresses, vec![Arc::default()], Some(stats)))
+        Arc::new(HealthGroup::new(Some(spec), addresses, vec![Arc::default()], Some(stats), t))
+    }
+
+    type Seen = Arc<Mutex<Vec<(http::Version, String)>>>;
+
+    /// A server speaking HTTP/1.1 and HTTP/2 (h2c by prior knowledge, or by ALPN behind TLS
+    /// when `tls` is given): 200 on /ok, 503 elsewhere. Records each request's version and
+    /// authority (`:authority`, or the `Host` header).
+    async fn versatile_server(tls: Option<Arc<rustls::ServerConfig>>) -> (std::net::SocketAddr, Seen) {
+        use hyper_util::server::conn::auto;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Seen = Arc::default();
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { return };
+                let log = Arc::clone(&log);
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let authority = req
+                        .uri()
+                        .authority()
+                        .map(|a| a.to_string())
+                        .or_else(|| req.headers().get(header::HOST).map(|h| h.to_str().unwrap().to_owned()))
+                        .unwrap_or_default();
+                    log.lock().unwrap().push((req.version(), authority));
+                    let status = if req.uri().path() == "/ok" {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    let mut resp = http::Response::new(Empty::<Bytes>::new());
+                    *resp.status_mut() = status;
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let server = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = server.serve_connection(TokioIo::new(sock), service).await;
+                        }
+                        Some(config) => {
+                            let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(sock).await
+                            else {
+                                return;
+                            };
+                            let _ = server.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// A server config for `localhost` with ALPN h2 and http/1.1, and a client config that
+    /// trusts it.
+    fn tls_pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    async fn wait_for_failures(g: &HealthGroup, n: u64) {
+        let stats = g.stats.as_ref().unwrap();
+        for _ in 0..500 {
+            if stats.failures.get() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {n} failed checks");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_checks_speak_h2c_to_http2_clusters() {
+        let (addr, seen) = versatile_server(None).await;
+        let h2 = CheckTransport::new(ClusterProtocol::Http2, None);
+        let good = group_over(spec(false, Some("/ok")), addr, h2.clone());
+        let bad = group_over(spec(false, Some("/down")), addr, h2);
+        good.start();
+        bad.start();
+        wait_for(&good, true).await;
+        wait_for_failures(&bad, 2).await;
+        assert!(!bad.endpoint(0).is_healthy());
+        good.stop();
+        bad.stop();
+        let seen = seen.lock().unwrap();
+        assert!(!seen.is_empty());
+        assert!(seen.iter().all(|(v, a)| *v == http::Version::HTTP_2 && *a == addr.to_string()), "{seen:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_checks_go_over_tls_with_the_protocol_of_the_cluster() {
+        let (server, client) = tls_pair();
+        let (addr, seen) = versatile_server(Some(server)).await;
+        let sni = Some(ServerName::try_from("localhost").unwrap());
+        for (protocol, version) in [
+            (ClusterProtocol::Http1, http::Version::HTTP_11),
+            (ClusterProtocol::Http2, http::Version::HTTP_2),
+            // The server's ALPN prefers h2.
+            (ClusterProtocol::Auto, http::Version::HTTP_2),
+        ] {
+            seen.lock().unwrap().clear();
+            let t = CheckTransport::new(protocol, Some(&(Arc::clone(&client), sni.clone())));
+            let good = group_over(spec(false, Some("/ok")), addr, t.clone());
+            let bad = group_over(spec(false, Some("/down")), addr, t);
+            good.start();
+            bad.start();
+            wait_for(&good, true).await;
+            wait_for_failures(&bad, 2).await;
+            assert!(!bad.endpoint(0).is_healthy());
+            good.stop();
+            bad.stop();
+            let seen = seen.lock().unwrap();
+            assert!(seen.iter().any(|(v, _)| *v == version), "{protocol:?}: {seen:?}");
+            assert!(seen.iter().all(|(v, _)| *v == version), "{protocol:?}: {seen:?}");
+        }
+        // A server name the certificate does not cover: the handshake fails, the check too.
+        let wrong = Some(ServerName::try_from("other.test").unwrap());
+        let t = CheckTransport::new(ClusterProtocol::Http1, Some(&(client, wrong)));
+        let g = group_over(spec(false, Some("/ok")), addr, t);
+        g.start();
+        wait_for_failures(&g, 2).await;
+        assert!(!g.endpoint(0).is_healthy());
+        assert_eq!(g.stats.as_ref().unwrap().successes.get(), 0);
+        g.stop();
+    }
+
+    #[test]
+    fn a_staged_transport_takes_over_when_the_group_starts() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _entered = rt.enter();
+        let g = group(spec(true, None), "127.0.0.1:1".parse().unwrap());
+        assert_eq!(g.transport.load().protocol, ClusterProtocol::Http1);
+        g.stage(CheckTransport::new(ClusterProtocol::Http2, None));
+        // Staged only: a snapshot that is refused after compiling changes nothing.
+        assert_eq!(g.transport.load().protocol, ClusterProtocol::Http1);
+        g.start();
+        assert_eq!(g.transport.load().protocol, ClusterProtocol::Http2);
+        g.stop();
     }
 
     async fn wait_for(g: &HealthGroup, healthy: bool) {

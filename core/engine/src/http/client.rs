@@ -1,8 +1,10 @@
 //! The upstream side: one pooled hyper client per cluster, with a connector that counts the
 //! connections it opens and the connects that fail.
 //!
-//! Pooling, idle expiry and reuse are hyper-util's (a well-kept pool; nothing here
-//! reimplements it). What this adds is the accounting the pool does not expose.
+//! HTTP/1.1 pooling, idle expiry and reuse are hyper-util's (a well-kept pool; nothing here
+//! reimplements it). What this adds is the accounting the pool does not expose. Clusters
+//! with `protocol: http2` use connections of our own instead (h2pool.rs), so that the pool is
+//! keyed by endpoint while the request carries the client's authority as `:authority`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,14 +12,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 use tower_service::Service;
 
+use super::h2pool::H2Pool;
 use super::limits::RequestBody;
 use crate::config::ClusterProtocol;
 use crate::metrics::{ClusterStats, OpenConnection};
@@ -54,12 +58,58 @@ pub(crate) type OutgoingBody = http_body_util::Either<
     http_body_util::Either<http_body_util::Full<bytes::Bytes>, crate::policy::retry::Tee>,
 >;
 
-/// A pooled client over plaintext or TLS; two concrete types rather than one boxed
-/// connector, so the plaintext path pays nothing for TLS.
+/// A pooled client over plaintext or TLS, HTTP/1.1 (or ALPN's pick) on hyper-util's pool or
+/// HTTP/2 on our own; concrete types rather than one boxed connector, so the plaintext path
+/// pays nothing for TLS.
 #[derive(Debug)]
 enum Pool {
     Plain(Client<CountingConnector<HttpConnector>, OutgoingBody>),
     Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, OutgoingBody>),
+    H2Plain(H2Pool<CountingConnector<HttpConnector>>),
+    H2Tls(H2Pool<CountingConnector<HttpsConnector<HttpConnector>>>),
+}
+
+/// Why an upstream request failed: a connect (nothing reached the upstream), or the
+/// exchange. The cause is the source, so callers walk the chain for what they look for
+/// (hyper's and h2's errors, `ConnectionLimit`, a timed-out connect, the client's body).
+#[derive(Debug)]
+pub(crate) struct UpstreamError {
+    connect: bool,
+    source: BoxError,
+}
+
+impl UpstreamError {
+    pub(crate) fn connect(source: BoxError) -> Self {
+        Self { connect: true, source }
+    }
+
+    pub(crate) fn request(source: BoxError) -> Self {
+        Self { connect: false, source }
+    }
+
+    /// The connection could not be opened; the request was not sent.
+    pub(crate) fn is_connect(&self) -> bool {
+        self.connect
+    }
+}
+
+impl From<hyper_util::client::legacy::Error> for UpstreamError {
+    fn from(e: hyper_util::client::legacy::Error) -> Self {
+        Self { connect: e.is_connect(), source: Box::new(e) }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.connect { "upstream connect failed" } else { "upstream request failed" };
+        write!(f, "{what}: {}", self.source)
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
 }
 
 /// A cluster's pooled client and its statistics.
@@ -70,6 +120,9 @@ pub(crate) struct Upstream {
     pub(crate) settings: PoolSettings,
     /// Endpoints are addressed as `https://` when the cluster originates TLS.
     pub(crate) scheme: http::uri::Scheme,
+    /// The TLS client config the cluster originates with (before ALPN), and the server name
+    /// it sends; health checks use the same.
+    pub(crate) tls: Option<(Arc<rustls::ClientConfig>, Option<ServerName<'static>>)>,
 }
 
 impl Upstream {
@@ -89,57 +142,72 @@ impl Upstream {
             .timer(TokioTimer::new())
             .pool_max_idle_per_host(settings.max_idle_per_endpoint)
             .pool_idle_timeout(settings.idle_timeout);
-        let (pool, scheme) = match tls {
-            None => {
-                builder.http2_only(settings.protocol == ClusterProtocol::Http2);
-                (
-                    Pool::Plain(builder.build(CountingConnector {
-                        inner: http,
-                        stats: Arc::clone(&stats),
-                        max: settings.max_connections,
-                        tls: false,
-                    })),
+        let h2 = settings.protocol == ClusterProtocol::Http2;
+        let max = settings.max_connections;
+        let counting = |inner| CountingConnector { inner, stats: Arc::clone(&stats), max, tls: false };
+        let counting_tls = |inner| CountingConnector { inner, stats: Arc::clone(&stats), max, tls: true };
+        let (connect_timeout, idle_timeout) = (settings.connect_timeout, settings.idle_timeout);
+        let (pool, scheme, kept) = match tls {
+            None if h2 => {
+                let pool = H2Pool::new(
+                    counting(http),
                     http::uri::Scheme::HTTP,
-                )
+                    connect_timeout,
+                    idle_timeout,
+                    Arc::clone(&stats),
+                );
+                (Pool::H2Plain(pool), http::uri::Scheme::HTTP, None)
             }
+            None => (Pool::Plain(builder.build(counting(http))), http::uri::Scheme::HTTP, None),
             Some((config, sni)) => {
                 http.enforce_http(false);
+                let name = sni.and_then(|n| ServerName::try_from(n).ok());
+                let kept = Some((Arc::new(config.clone()), name.clone()));
                 let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only();
-                let b = match sni.and_then(|n| ServerName::try_from(n).ok()) {
+                let b = match name {
                     Some(name) => b.with_server_name_resolver(FixedServerNameResolver::new(name)),
                     None => b,
                 };
                 // ALPN follows the protocol: http1 offers http/1.1, http2 offers h2, auto
                 // offers both and speaks what the endpoint picks.
-                let https = match settings.protocol {
-                    ClusterProtocol::Http1 => b.enable_http1().wrap_connector(http),
-                    ClusterProtocol::Http2 => b.enable_http2().wrap_connector(http),
-                    ClusterProtocol::Auto => b.enable_all_versions().wrap_connector(http),
+                let pool = match settings.protocol {
+                    ClusterProtocol::Http1 => {
+                        Pool::Tls(builder.build(counting_tls(b.enable_http1().wrap_connector(http))))
+                    }
+                    ClusterProtocol::Http2 => Pool::H2Tls(H2Pool::new(
+                        counting_tls(b.enable_http2().wrap_connector(http)),
+                        http::uri::Scheme::HTTPS,
+                        connect_timeout,
+                        idle_timeout,
+                        Arc::clone(&stats),
+                    )),
+                    ClusterProtocol::Auto => {
+                        Pool::Tls(builder.build(counting_tls(b.enable_all_versions().wrap_connector(http))))
+                    }
                 };
-                builder.http2_only(settings.protocol == ClusterProtocol::Http2);
-                (
-                    Pool::Tls(builder.build(CountingConnector {
-                        inner: https,
-                        stats: Arc::clone(&stats),
-                        max: settings.max_connections,
-                        tls: true,
-                    })),
-                    http::uri::Scheme::HTTPS,
-                )
+                (pool, http::uri::Scheme::HTTPS, kept)
             }
         };
-        Self { pool, stats, settings, scheme }
+        Self { pool, stats, settings, scheme, tls: kept }
     }
 
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self.pool, Pool::Tls(_))
+        matches!(self.pool, Pool::Tls(_) | Pool::H2Tls(_))
     }
 
+    /// Send `req`, whose URI names the endpoint (`scheme://endpoint/path`). Over HTTP/1.1 the
+    /// client's host travels in the `Host` header; over HTTP/2 (h2pool.rs) the endpoint only
+    /// picks the connection and the `Host` header becomes the `:authority`.
     #[inline]
-    pub(crate) fn request(&self, req: http::Request<OutgoingBody>) -> ResponseFuture {
+    pub(crate) async fn request(
+        &self,
+        req: http::Request<OutgoingBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
         match &self.pool {
-            Pool::Plain(c) => c.request(req),
-            Pool::Tls(c) => c.request(req),
+            Pool::Plain(c) => c.request(req).await.map_err(UpstreamError::from),
+            Pool::Tls(c) => c.request(req).await.map_err(UpstreamError::from),
+            Pool::H2Plain(p) => p.request(req).await,
+            Pool::H2Tls(p) => p.request(req).await,
         }
     }
 }

@@ -28,7 +28,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 
-use super::client::{ConnectionLimit, OutgoingBody};
+use super::client::{ConnectionLimit, OutgoingBody, UpstreamError};
 use super::headers::strip_hop_by_hop;
 use super::limits::{DownstreamBodyError, Refused, RequestBody};
 use super::{local_reply, ProxyBody};
@@ -474,7 +474,7 @@ async fn tries(
 
 /// 413 or 400 for a request whose own body failed on its way upstream; the connection
 /// closes, since the rest of that body is not read.
-fn downstream_body_reply(e: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+fn downstream_body_reply(e: &UpstreamError) -> Response<ProxyBody> {
     let (status, text, kind) = match DownstreamBodyError::status_of(e) {
         Some(StatusCode::PAYLOAD_TOO_LARGE) => {
             (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", ProtocolErrorKind::BodyTooLarge)

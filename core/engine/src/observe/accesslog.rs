@@ -12,7 +12,6 @@
 //! then writes what is queued, flushes and ends.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -417,13 +416,9 @@ pub(crate) fn protocol(v: Version) -> &'static str {
     }
 }
 
+/// The record's trace id in hex, as `traceparent` carries it.
 pub(crate) fn trace_id(r: &Record) -> Option<String> {
-    let t = r.trace.as_ref()?;
-    let mut out = String::with_capacity(32);
-    for b in t.trace_id {
-        let _ = write!(out, "{b:02x}");
-    }
-    Some(out)
+    r.trace.as_ref().map(|t| crate::observe::trace::context::hex(&t.trace_id))
 }
 
 impl Format {

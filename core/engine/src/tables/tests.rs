@@ -224,8 +224,17 @@ fn balancing_and_health_fields_are_checked_with_their_paths() {
         .replace("\"tcp\": true, \"path\": null", "\"tcp\": false, \"path\": \"/h\"")
         .replace("\"expected_statuses\": []", "\"expected_statuses\": [200]")
         .replace("\"protocol\": \"http1\"", "\"protocol\": \"http2\"");
-    assert_eq!(compile_err(&snapshot("", &h2)).path, "clusters.0.health_check");
-    // TCP checks suit any cluster.
+    // HTTP checks speak the cluster's protocol; they and TCP checks suit any cluster.
+    let (tables, _) = compile(
+        &snapshot("", &h2),
+        &[0],
+        &Metrics::default(),
+        &UpstreamCache::new(),
+        &HealthCache::new(),
+        None,
+    )
+    .unwrap();
+    assert!(tables.clusters.contains_key("a"));
     let tcp_h2 = CHECKED.replace("\"protocol\": \"http1\"", "\"protocol\": \"http2\"");
     assert!(compile(
         &snapshot("", &tcp_h2),

@@ -28,11 +28,14 @@ pub(crate) fn record() -> Arc<Record> {
         response_bytes: 42,
         duration: Duration::from_micros(12_345),
         upstream_first_byte: None,
+        upstream_sent: None,
         trace: Some(SpanContext {
             trace_id: [0xab; 16],
             span_id: [1; 8],
             parent_span_id: None,
+            client_span_id: [2; 8],
             sampled: true,
+            trace_state: None,
         }),
         detail: Box::new(Detail {
             // 2024-01-02T03:04:05.678Z

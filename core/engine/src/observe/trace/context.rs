@@ -247,7 +247,7 @@ pub(crate) fn write_hex(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
-/// Lowercase hex of `bytes` (for the exporter and tests; not on the request path).
+/// Lowercase hex of `bytes` (for access logs, the tap and tests; not on the request path).
 pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut out = vec![0u8; bytes.len() * 2];
     write_hex(&mut out, bytes);
