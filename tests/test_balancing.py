@@ -77,8 +77,8 @@ def test_weights_3_to_1(lb: str, echo: Callable[..., Echo], mesh: Callable[..., 
         assert seen == Counter(heavy=300, light=100)
     status = m.stats()["clusters"]["backend"]["endpoint_status"]
     assert status == [
-        {"address": heavy.address, "weight": 3, "healthy": True},
-        {"address": light.address, "weight": 1, "healthy": True},
+        {"address": heavy.address, "weight": 3, "healthy": True, "ejected": False},
+        {"address": light.address, "weight": 1, "healthy": True, "ejected": False},
     ]
 
 
