@@ -61,7 +61,7 @@ def config(upstream: str, observed: bool, log: Path, collector: str) -> dict[str
     }
     if observed:
         listener["access_log"] = {"format": "json", "path": str(log)}
-        cfg["tracing"] = {"collector": collector, "sample_percent": 1.0}
+        cfg["tracing"] = {"otlp_endpoint": collector, "sample_percent": 1.0}
     return cfg
 
 

@@ -27,6 +27,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Body;
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant as TokioInstant;
 
 use super::client::{ConnectionLimit, OutgoingBody, UpstreamError};
 use super::headers::strip_hop_by_hop;
@@ -285,22 +286,22 @@ async fn forward_with_policy(
         };
         return forward(cluster, endpoint, req, pq, ex).await;
     }
-    // --- policy: whole-request timeout (policy/timeouts.rs) ---
-    let work = tries(target, policy, peer, req, pq, guard, &mut *ex);
-    match policy.and_then(|p| p.timeout) {
-        Some(t) => match tokio::time::timeout(t, work).await {
-            Ok(resp) => resp,
-            Err(_) => {
-                cluster.upstream.stats.timeouts[Kind::Request as usize].inc();
-                ex.flags.set(Flags::UPSTREAM_TIMEOUT);
-                timeouts::reply(Kind::Request)
-            }
-        },
-        None => work.await,
-    }
+    // --- policy: whole-request timeout (policy/timeouts.rs), kept as a deadline that each
+    // wait in the tries honours, so that a request runs under one timer at a time ---
+    let deadline = policy.and_then(|p| p.timeout).map(|t| TokioInstant::now() + t);
+    tries(target, policy, peer, req, pq, guard, deadline, ex).await
 }
 
-/// The tries of one request: buffer, mirror, then try, observe and retry as allowed.
+/// The 504 of the whole-request timeout, counted.
+fn request_timed_out(cluster: &Cluster, ex: &mut Exchange) -> Response<ProxyBody> {
+    cluster.upstream.stats.timeouts[Kind::Request as usize].inc();
+    ex.flags.set(Flags::UPSTREAM_TIMEOUT);
+    timeouts::reply(Kind::Request)
+}
+
+/// The tries of one request: buffer, mirror, then try, observe and retry as allowed, all
+/// before `deadline` (the whole-request timeout).
+#[allow(clippy::too_many_arguments, reason = "the request's parts and the policy state it runs under")]
 async fn tries(
     target: &Target,
     policy: Option<&RoutePolicy>,
@@ -308,6 +309,7 @@ async fn tries(
     req: Request<RequestBody>,
     pq: PathAndQuery,
     mut guard: Option<BreakerGuard>,
+    deadline: Option<TokioInstant>,
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
     let cluster = &target.cluster;
@@ -325,7 +327,15 @@ async fn tries(
     let (mut buffered, mut streamed): (Option<Bytes>, Option<OutgoingBody>) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
     } else if retry.is_some() || mirror.is_some() {
-        match retry::buffer_known(&mut body, limit).await {
+        let read = retry::buffer_known(&mut body, limit);
+        let read = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, read).await {
+                Ok(read) => read,
+                Err(_) => return request_timed_out(cluster, ex),
+            },
+            None => read.await,
+        };
+        match read {
             Some(Ok(bytes)) => (Some(bytes), None),
             Some(Err(())) => {
                 return local_reply(StatusCode::BAD_REQUEST, "request body could not be read\n");
@@ -384,12 +394,20 @@ async fn tries(
             None => None,
         };
         let sent = cluster.upstream.request(up);
-        // --- policy: per-try timeout ---
-        let result = match per_try {
-            Some(d) => tokio::time::timeout(d, sent).await.ok(),
+        // --- policy: per-try timeout, or the request's deadline if that comes first ---
+        let until = match (per_try, deadline) {
+            (Some(d), Some(at)) => Some((TokioInstant::now() + d).min(at)),
+            (Some(d), None) => Some(TokioInstant::now() + d),
+            (None, at) => at,
+        };
+        let result = match until {
+            Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
             None => Some(sent.await),
         };
         drop(pending);
+        if result.is_none() && deadline.is_some_and(|at| TokioInstant::now() >= at) {
+            return request_timed_out(cluster, ex);
+        }
         let (outcome, resp) = match result {
             None => {
                 stats.timeouts[Kind::PerTry as usize].inc();
@@ -441,7 +459,14 @@ async fn tries(
                     stats.retries.inc();
                     _retry_place = place;
                     drop(resp);
-                    tokio::time::sleep(r.backoff(done)).await;
+                    let wake = TokioInstant::now() + r.backoff(done);
+                    match deadline {
+                        Some(at) if wake >= at => {
+                            tokio::time::sleep_until(at).await;
+                            return request_timed_out(cluster, ex);
+                        }
+                        _ => tokio::time::sleep_until(wake).await,
+                    }
                     continue;
                 }
                 stats.budget_exhausted.inc();
