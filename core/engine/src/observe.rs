@@ -23,8 +23,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::uri::Authority;
-use http::{HeaderMap, Method, Request, Response, Version};
+use http::header::{HOST, USER_AGENT};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::http::ProxyBody;
@@ -97,10 +98,22 @@ impl Flags {
 
     /// The flags as Envoy prints them: comma-separated short names, `-` for none.
     pub(crate) fn text(self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.is_empty() {
-            return "-".to_owned();
+            return f.write_str("-");
         }
-        self.names().collect::<Vec<_>>().join(",")
+        for (i, name) in self.names().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(name)?;
+        }
+        Ok(())
     }
 }
 
@@ -114,15 +127,20 @@ pub(crate) struct Observe {
 
 /// The facts of a request kept for its record, captured only when a record will be made.
 #[derive(Debug)]
+///
+/// The four texts (authority, path, request id, user agent) are copied into one string: one
+/// allocation per request. Not kept as the request's own `Uri` and header values, although
+/// those would be free to clone: they are views of hyper's read buffer, and holding them until
+/// the record is written (up to 20 ms later) stops hyper from reusing that buffer, which then
+/// costs an allocation and a copy per request (measured: +5% proxy CPU per request).
 pub(crate) struct Detail {
     pub(crate) time: SystemTime,
     pub(crate) method: Method,
-    pub(crate) authority: String,
-    pub(crate) path: String,
     pub(crate) version: Version,
     pub(crate) peer: SocketAddr,
-    pub(crate) request_id: String,
-    pub(crate) user_agent: String,
+    /// Authority, path, request id and user agent, end to end; `ends` says where each ends.
+    text: String,
+    ends: [usize; 4],
     /// The request body's declared length (0 without a body; None when streamed unsized).
     pub(crate) request_bytes: Option<u64>,
     /// Whether the access log takes this request (its sampling drawn at the start).
@@ -225,26 +243,71 @@ pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 
 impl Detail {
     fn of<B: Body>(req: &Request<B>, peer: SocketAddr, logged: bool) -> Self {
-        let text =
-            |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let headers = req.headers();
+        let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).unwrap_or_default();
         let authority = match req.uri().authority() {
-            Some(a) => a.as_str().to_owned(),
-            None => text("host"),
+            Some(a) => a.as_str(),
+            None => header(HOST),
         };
-        Self {
-            time: SystemTime::now(),
-            method: req.method().clone(),
-            authority,
-            path: req.uri().path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
-            version: req.version(),
+        let path = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+        Self::new(
+            SystemTime::now(),
+            req.method().clone(),
+            req.version(),
             peer,
-            request_id: text("x-request-id"),
-            user_agent: text("user-agent"),
-            request_bytes: req.body().size_hint().exact(),
+            [authority, path, header(REQUEST_ID), header(USER_AGENT)],
+            req.body().size_hint().exact(),
             logged,
+        )
+    }
+
+    /// `texts`: the authority, path and query, request id and user agent.
+    pub(crate) fn new(
+        time: SystemTime,
+        method: Method,
+        version: Version,
+        peer: SocketAddr,
+        texts: [&str; 4],
+        request_bytes: Option<u64>,
+        logged: bool,
+    ) -> Self {
+        let mut text = String::with_capacity(texts.iter().map(|t| t.len()).sum());
+        let mut ends = [0; 4];
+        for (t, end) in texts.iter().zip(&mut ends) {
+            text.push_str(t);
+            *end = text.len();
         }
+        Self { time, method, version, peer, text, ends, request_bytes, logged }
+    }
+
+    fn field(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    /// The request's authority: the target's (absolute form, HTTP/2), else its `Host`.
+    pub(crate) fn authority(&self) -> &str {
+        self.field(0)
+    }
+
+    /// The path and query as the client sent them.
+    pub(crate) fn path(&self) -> &str {
+        self.field(1)
+    }
+
+    /// `x-request-id` (as the client sent it, or as tracing set it); empty when none.
+    pub(crate) fn request_id(&self) -> &str {
+        self.field(2)
+    }
+
+    /// `user-agent`; empty when none.
+    pub(crate) fn user_agent(&self) -> &str {
+        self.field(3)
     }
 }
+
+/// The request id header (`x-request-id`).
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// What the access log, the tap and the tracer receive about one finished request.
 #[derive(Debug)]

@@ -149,7 +149,7 @@ impl Filter {
                 StatusMatch::Exact(code) => r.status == code,
                 StatusMatch::Class(c) => r.status / 100 == c,
             })
-            && self.path_prefix.as_deref().is_none_or(|p| r.detail.path.starts_with(p))
+            && self.path_prefix.as_deref().is_none_or(|p| r.detail.path().starts_with(p))
     }
 }
 
@@ -217,15 +217,15 @@ impl TapEvent {
             route: r.route.as_deref().map(str::to_owned),
             cluster: r.cluster.as_deref().map(str::to_owned),
             method: d.method.as_str().to_owned(),
-            authority: d.authority.clone(),
-            path: d.path.clone(),
+            authority: d.authority().to_owned(),
+            path: d.path().to_owned(),
             status: r.status,
             flags: r.flags.text(),
             duration_ms: (r.duration.as_secs_f64() * 1e6).round() / 1e3,
             endpoint: r.endpoint.as_ref().map(|e| e.as_str().to_owned()),
             attempts: r.attempts,
             trace_id: accesslog::trace_id(r),
-            request_id: (!d.request_id.is_empty()).then(|| d.request_id.clone()),
+            request_id: (!d.request_id().is_empty()).then(|| d.request_id().to_owned()),
         }
     }
 }

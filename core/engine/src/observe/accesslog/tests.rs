@@ -37,19 +37,16 @@ pub(crate) fn record() -> Arc<Record> {
             sampled: true,
             trace_state: None,
         }),
-        detail: Box::new(Detail {
+        detail: Box::new(Detail::new(
             // 2024-01-02T03:04:05.678Z
-            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_704_164_645_678),
-            method: Method::POST,
-            authority: "example.com".to_owned(),
-            path: "/api/v1?x=1".to_owned(),
-            version: Version::HTTP_2,
-            peer: "127.0.0.1:5000".parse::<SocketAddr>().unwrap(),
-            request_id: "req-1".to_owned(),
-            user_agent: String::new(),
-            request_bytes: Some(7),
-            logged: true,
-        }),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_704_164_645_678),
+            Method::POST,
+            Version::HTTP_2,
+            "127.0.0.1:5000".parse::<SocketAddr>().unwrap(),
+            ["example.com", "/api/v1?x=1", "req-1", ""],
+            Some(7),
+            true,
+        )),
     })
 }
 

@@ -204,7 +204,7 @@ pub(crate) fn spans(record: &Record, out: &mut Vec<Span>) {
         })
     };
     let method = d.method.as_str();
-    let path = d.path.split_once('?').map_or(d.path.as_str(), |(p, _)| p);
+    let path = d.path().split_once('?').map_or(d.path(), |(p, _)| p);
 
     let mut attributes = vec![
         text("http.request.method", method),
@@ -218,7 +218,7 @@ pub(crate) fn spans(record: &Record, out: &mut Vec<Span>) {
         text("pymesh.flags", &flags_text),
         int("http.response.body.size", i64::try_from(record.response_bytes).unwrap_or(i64::MAX)),
     ];
-    let (host, port) = host_port(&d.authority);
+    let (host, port) = host_port(d.authority());
     if !host.is_empty() {
         attributes.push(text("server.address", host));
     }
@@ -234,11 +234,11 @@ pub(crate) fn spans(record: &Record, out: &mut Vec<Span>) {
     if let Some(grpc) = record.grpc_status {
         attributes.push(int("rpc.grpc.status_code", grpc));
     }
-    if !d.request_id.is_empty() {
-        attributes.push(text("pymesh.request_id", &d.request_id));
+    if !d.request_id().is_empty() {
+        attributes.push(text("pymesh.request_id", d.request_id()));
     }
-    if !d.user_agent.is_empty() {
-        attributes.push(text("user_agent.original", &d.user_agent));
+    if !d.user_agent().is_empty() {
+        attributes.push(text("user_agent.original", d.user_agent()));
     }
     let name = match &record.route {
         Some(route) => format!("{method} {route}"),

@@ -296,18 +296,15 @@ fn record(ctx: SpanContext, attempts: u32, status: u16) -> Arc<Record> {
         upstream_first_byte: Some(Duration::from_millis(4)),
         upstream_sent: Some(Duration::from_millis(1)),
         trace: Some(ctx),
-        detail: Box::new(Detail {
-            time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-            method: Method::GET,
-            authority: "example.com:8080".to_owned(),
-            path: "/api/items?id=1".to_owned(),
-            version: Version::HTTP_11,
-            peer: "127.0.0.1:5000".parse().unwrap(),
-            request_id: "req-1".to_owned(),
-            user_agent: "test".to_owned(),
-            request_bytes: Some(0),
-            logged: false,
-        }),
+        detail: Box::new(Detail::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            Method::GET,
+            Version::HTTP_11,
+            "127.0.0.1:5000".parse().unwrap(),
+            ["example.com:8080", "/api/items?id=1", "req-1", "test"],
+            Some(0),
+            false,
+        )),
     })
 }
 
