@@ -7,7 +7,7 @@
 //! `Tracer::end`. A failed post drops its batch and counts it. The thread ends when the
 //! tracer is dropped (its queue's sender goes), after one last flush.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ use super::TraceStats;
 use crate::config::{ClientTlsSpec, TracingSpec};
 use crate::error::Error;
 use crate::observe::Record;
+
+/// How often the exporter takes finished spans off its queue (at most `flush_interval`).
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// Where spans go: a checked `http://` or `https://` URL.
 #[derive(Debug, Clone)]
@@ -119,38 +122,43 @@ impl Exporter {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);
 
+        // The queue is drained on a timer, not by blocking in `recv`: a thread blocked there
+        // is woken by every span the workers push (a futex call on the request path each
+        // time), as the access log's writer was before it measured so (observe/accesslog.rs).
+        let poll = self.flush_interval.min(DRAIN_EVERY);
         let mut batch: Vec<Arc<Record>> = Vec::with_capacity(self.batch_size.min(4096));
         let mut spans = 0usize;
         let mut deadline: Option<Instant> = None;
         loop {
-            let wait = deadline.map_or(self.flush_interval, |d| d.saturating_duration_since(Instant::now()));
-            match rx.recv_timeout(wait) {
-                Ok(record) => {
-                    if batch.is_empty() {
-                        deadline = Some(Instant::now() + self.flush_interval);
+            loop {
+                match rx.try_recv() {
+                    Ok(record) => {
+                        if batch.is_empty() {
+                            deadline = Some(Instant::now() + self.flush_interval);
+                        }
+                        spans += usize::try_from(otlp::spans_of(&record)).unwrap_or(1);
+                        batch.push(record);
+                        if spans >= self.batch_size {
+                            self.flush(&runtime, &client, &mut batch);
+                            spans = 0;
+                            deadline = None;
+                        }
                     }
-                    spans += usize::try_from(otlp::spans_of(&record)).unwrap_or(1);
-                    batch.push(record);
-                    if spans >= self.batch_size {
-                        self.flush(&runtime, &client, &mut batch);
-                        spans = 0;
-                        deadline = None;
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        if !batch.is_empty() {
+                            self.flush(&runtime, &client, &mut batch);
+                        }
+                        return;
                     }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if !batch.is_empty() {
-                        self.flush(&runtime, &client, &mut batch);
-                    }
-                    spans = 0;
-                    deadline = None;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    if !batch.is_empty() {
-                        self.flush(&runtime, &client, &mut batch);
-                    }
-                    return;
                 }
             }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.flush(&runtime, &client, &mut batch);
+                spans = 0;
+                deadline = None;
+            }
+            std::thread::sleep(poll);
         }
     }
 
