@@ -16,6 +16,23 @@ from meshtest import ECHO_LINE, PYMESH, Echo, Mesh, Proc, spawn_mesh, stop_all
 
 
 @pytest.fixture
+def fixed_echo() -> Iterator[Callable[[str, str], Proc]]:
+    """Factory: ``fixed_echo(address, id)`` runs ``pymesh echo`` on a given address, so a test
+    can stop an upstream and start it again on the same port."""
+    started: list[Proc] = []
+
+    def start(address: str, name: str) -> Proc:
+        proc = Proc([PYMESH, "echo", "--listen", address, "--workers", "1", "--id", name])
+        started.append(proc)
+        proc.wait_line(ECHO_LINE)
+        return proc
+
+    yield start
+    for p in started:
+        p.ensure_stopped()
+
+
+@pytest.fixture
 def echo() -> Iterator[Callable[..., Echo]]:
     """Factory: ``echo("v1")`` starts ``pymesh echo --listen 127.0.0.1:0 --id v1``."""
     started: list[Echo] = []

@@ -5,18 +5,15 @@ health checks over h2c and over TLS with HTTP/2."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from certs import CA
 from meshtest import (
-    ECHO_LINE,
     HTTP_TIMEOUT,
-    PYMESH,
     Echo,
     Mesh,
     Proc,
@@ -27,23 +24,6 @@ from meshtest import (
     poll,
     route,
 )
-
-
-@pytest.fixture
-def fixed_echo() -> Iterator[Callable[[str, str], Proc]]:
-    """Factory: ``fixed_echo(address, id)`` runs ``pymesh echo`` on a given address, so a test
-    can stop an upstream and start it again on the same port."""
-    started: list[Proc] = []
-
-    def start(address: str, name: str) -> Proc:
-        proc = Proc([PYMESH, "echo", "--listen", address, "--workers", "1", "--id", name])
-        started.append(proc)
-        proc.wait_line(ECHO_LINE)
-        return proc
-
-    yield start
-    for p in started:
-        p.ensure_stopped()
 
 
 def connections(m: Mesh, name: str) -> float:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 from meshtest import (
-    ECHO_LINE,
     HTTP_TIMEOUT,
-    PYMESH,
     Echo,
     Mesh,
     Proc,
@@ -33,23 +30,6 @@ TCP_CHECK = {
     "healthy_threshold": 2,
     "unhealthy_threshold": UNHEALTHY_THRESHOLD,
 }
-
-
-@pytest.fixture
-def fixed_echo() -> Iterator[Callable[[str, str], Proc]]:
-    """Factory: ``fixed_echo(address, id)`` runs ``pymesh echo`` on a given address, so a test
-    can stop an upstream and start it again on the same port."""
-    started: list[Proc] = []
-
-    def start(address: str, name: str) -> Proc:
-        proc = Proc([PYMESH, "echo", "--listen", address, "--workers", "1", "--id", name])
-        started.append(proc)
-        proc.wait_line(ECHO_LINE)
-        return proc
-
-    yield start
-    for p in started:
-        p.ensure_stopped()
 
 
 def one_cluster(mesh: Callable[..., Mesh], endpoints: list[str], **extra: Any) -> Mesh:

@@ -512,12 +512,10 @@ mod tests {
         panic!("fewer than {n} failed checks");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn http_checks_speak_h2c_to_http2_clusters() {
-        let (addr, seen) = versatile_server(None).await;
-        let h2 = CheckTransport::new(ClusterProtocol::Http2, None);
-        let good = group_over(spec(false, Some("/ok")), addr, h2.clone());
-        let bad = group_over(spec(false, Some("/down")), addr, h2);
+    /// Checks of `/ok` over `t` find the endpoint healthy; checks of `/down` find it not.
+    async fn good_and_bad_paths(addr: std::net::SocketAddr, t: CheckTransport) {
+        let good = group_over(spec(false, Some("/ok")), addr, t.clone());
+        let bad = group_over(spec(false, Some("/down")), addr, t);
         good.start();
         bad.start();
         wait_for(&good, true).await;
@@ -525,6 +523,12 @@ mod tests {
         assert!(!bad.endpoint(0).is_healthy());
         good.stop();
         bad.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_checks_speak_h2c_to_http2_clusters() {
+        let (addr, seen) = versatile_server(None).await;
+        good_and_bad_paths(addr, CheckTransport::new(ClusterProtocol::Http2, None)).await;
         let seen = seen.lock().unwrap();
         assert!(!seen.is_empty());
         assert!(seen.iter().all(|(v, a)| *v == http::Version::HTTP_2 && *a == addr.to_string()), "{seen:?}");
@@ -543,15 +547,7 @@ mod tests {
         ] {
             seen.lock().unwrap().clear();
             let t = CheckTransport::new(protocol, Some(&(Arc::clone(&client), sni.clone())));
-            let good = group_over(spec(false, Some("/ok")), addr, t.clone());
-            let bad = group_over(spec(false, Some("/down")), addr, t);
-            good.start();
-            bad.start();
-            wait_for(&good, true).await;
-            wait_for_failures(&bad, 2).await;
-            assert!(!bad.endpoint(0).is_healthy());
-            good.stop();
-            bad.stop();
+            good_and_bad_paths(addr, t).await;
             let seen = seen.lock().unwrap();
             assert!(seen.iter().any(|(v, _)| *v == version), "{protocol:?}: {seen:?}");
             assert!(seen.iter().all(|(v, _)| *v == version), "{protocol:?}: {seen:?}");
