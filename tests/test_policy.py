@@ -27,6 +27,14 @@ from meshtest import HTTP_TIMEOUT, Echo, Mesh, cluster, dead_address, listener, 
 # === a counting upstream ===
 
 
+class _Server(socketserver.ThreadingTCPServer):
+    # socketserver's default backlog of 5 drops connects when a mirror opens ten at once (each
+    # shadow request holds its connection for its delay); those lost SYNs made tests flaky.
+    request_queue_size = 128
+    daemon_threads = True
+    block_on_close = False
+
+
 class Counting:
     """An HTTP/1.1 upstream on a loopback port that counts requests by method and answers
     each with ``status`` (after ``delay`` seconds), or resets the connection (``reset``)."""
@@ -45,9 +53,7 @@ class Counting:
                 while outer._serve_one(self):
                     pass
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.block_on_close = False
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.address = "{}:{}".format(*self.server.server_address[:2])
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 

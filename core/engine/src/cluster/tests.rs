@@ -209,8 +209,10 @@ fn an_ejected_endpoint_leaves_the_rotation_of_every_balancer_and_returns() {
         consecutive_5xx: 1,
         consecutive_gateway_errors: 0,
         success_rate: None,
-        base_ejection_ms: 30,
-        max_ejection_ms: 30,
+        // Long enough that a descheduled test thread still sees the ejection (30 ms did not,
+        // under load), short enough to wait out.
+        base_ejection_ms: 300,
+        max_ejection_ms: 300,
         max_ejection_percent: 50,
     };
     let addresses = [("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)];
@@ -238,7 +240,8 @@ fn an_ejected_endpoint_leaves_the_rotation_of_every_balancer_and_returns() {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "{lb:?}: the endpoint never returned");
-            std::thread::yield_now();
+            // Polling for the ejection to end (bounded by the deadline), not synchronising.
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
