@@ -507,6 +507,7 @@ mod tests {
             if stats.failures.get() >= n {
                 return;
             }
+            // Poll interval of a bounded wait (5 s): checks run on their own timer.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("fewer than {n} failed checks");
@@ -584,6 +585,7 @@ mod tests {
             if g.endpoint(0).is_healthy() == healthy {
                 return;
             }
+            // Poll interval of a bounded wait (5 s): checks run on their own timer.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the endpoint never became healthy={healthy}");
@@ -632,16 +634,9 @@ mod tests {
         good.start();
         bad.start();
         wait_for(&good, true).await;
-        let stats = bad.stats.as_ref().unwrap();
-        for _ in 0..500 {
-            if stats.failures.get() >= 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(stats.failures.get() >= 3);
+        wait_for_failures(&bad, 3).await;
         assert!(!bad.endpoint(0).is_healthy());
-        assert_eq!(stats.successes.get(), 0);
+        assert_eq!(bad.stats.as_ref().unwrap().successes.get(), 0);
         good.stop();
         bad.stop();
     }

@@ -117,12 +117,18 @@ async fn a_closed_connection_is_replaced_by_a_new_one() {
     drop(r);
     // The upstream restarts on the same port: its connections close.
     s.task.abort();
-    let listener = loop {
+    let mut listener = None;
+    for _ in 0..500 {
         match tokio::net::TcpListener::bind(s.addr).await {
-            Ok(l) => break l,
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            // Poll interval of a bounded wait (5 s) for the aborted server's port to free.
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
-    };
+    }
+    let listener = listener.expect("the port was freed");
     let s2 = server_on(listener).await;
     let mut ok = None;
     for _ in 0..200 {
@@ -130,6 +136,7 @@ async fn a_closed_connection_is_replaced_by_a_new_one() {
             ok = Some(up.request(get(s.addr, "/", Some("a.test"))).await.unwrap());
             break;
         }
+        // Poll interval of a bounded wait (2 s) for the pool to see the connection close.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let r = ok.expect("the closed connection was noticed");
@@ -149,6 +156,7 @@ async fn an_idle_connection_leaves_its_slot_and_closes() {
         if up.stats.active_connections.get() == 0 {
             break;
         }
+        // Poll interval of a bounded wait (3 s) for the idle timeout to close the connection.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(up.stats.active_connections.get(), 0, "the idle connection closed");
