@@ -52,8 +52,16 @@ def browser() -> Iterator[WebDriver]:
 
 
 def text(driver: WebDriver, css: str) -> str:
-    """The text of every element matching ``css``, joined by newlines ('' if none)."""
-    return "\n".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
+    """The text of every element matching ``css``, joined by newlines ('' if none).
+
+    Read in one script, so that the page re-rendering between finding an element and
+    reading it (it refreshes every second) cannot leave a stale reference.
+    """
+    script = (
+        "return Array.from(document.querySelectorAll(arguments[0]))"
+        ".map(e => e.innerText).join('\\n');"
+    )
+    return str(driver.execute_script(script, css))
 
 
 def number(shown: str) -> float | None:

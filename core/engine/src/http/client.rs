@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 use tower_service::Service;
 
+use super::h1pool::{H1Body, H1Pool};
 use super::h2pool::H2Pool;
 use super::limits::RequestBody;
 use crate::config::ClusterProtocol;
@@ -60,10 +61,11 @@ pub(crate) type OutgoingBody = http_body_util::Either<
 
 /// A pooled client over plaintext or TLS, HTTP/1.1 (or ALPN's pick) on hyper-util's pool or
 /// HTTP/2 on our own; concrete types rather than one boxed connector, so the plaintext path
-/// pays nothing for TLS.
+/// pays nothing for TLS. Plaintext HTTP/1.1 requests whose body is in hand take our own
+/// client (h1pool.rs), and hyper-util's carries the rest (streamed uploads, upgrades).
 #[derive(Debug)]
 enum Pool {
-    Plain(Client<CountingConnector<HttpConnector>, OutgoingBody>),
+    Plain(Client<CountingConnector<HttpConnector>, OutgoingBody>, H1Pool),
     Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, OutgoingBody>),
     H2Plain(H2Pool<CountingConnector<HttpConnector>>),
     H2Tls(H2Pool<CountingConnector<HttpsConnector<HttpConnector>>>),
@@ -158,7 +160,10 @@ impl Upstream {
                 );
                 (Pool::H2Plain(pool), http::uri::Scheme::HTTP, None)
             }
-            None => (Pool::Plain(builder.build(counting(http))), http::uri::Scheme::HTTP, None),
+            None => {
+                let own = H1Pool::new(counting(http.clone()), settings.max_idle_per_endpoint, idle_timeout);
+                (Pool::Plain(builder.build(counting(http)), own), http::uri::Scheme::HTTP, None)
+            }
             Some((config, sni)) => {
                 http.enforce_http(false);
                 let name = sni.and_then(|n| ServerName::try_from(n).ok());
@@ -202,14 +207,83 @@ impl Upstream {
     pub(crate) async fn request(
         &self,
         req: http::Request<OutgoingBody>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<UpstreamResponseBody>, UpstreamError> {
+        let hyper_body = |r: http::Response<Incoming>| r.map(UpstreamResponseBody::Hyper);
         match &self.pool {
-            Pool::Plain(c) => c.request(req).await.map_err(UpstreamError::from),
-            Pool::Tls(c) => c.request(req).await.map_err(UpstreamError::from),
+            Pool::Plain(c, own) => match in_hand(req) {
+                Ok((parts, body)) => own.request(parts, body).await.map(|r| r.map(UpstreamResponseBody::Own)),
+                Err(req) => c.request(req).await.map(hyper_body).map_err(UpstreamError::from),
+            },
+            Pool::Tls(c) => c.request(req).await.map(hyper_body).map_err(UpstreamError::from),
             // Boxed: these futures hold a whole connect (TCP, TLS, HTTP/2 handshake), about
             // 8 KiB, and every future that awaits this one would carry (and move) that much.
-            Pool::H2Plain(p) => Box::pin(p.request(req)).await,
-            Pool::H2Tls(p) => Box::pin(p.request(req)).await,
+            Pool::H2Plain(p) => Box::pin(p.request(req)).await.map(hyper_body),
+            Pool::H2Tls(p) => Box::pin(p.request(req)).await.map(hyper_body),
+        }
+    }
+}
+
+/// The request's head and whole body when the body is in hand (none, or buffered) and the
+/// request is no upgrade; else the request as it was.
+#[allow(clippy::result_large_err, reason = "the Err arm hands the request back, not an error")]
+fn in_hand(
+    req: http::Request<OutgoingBody>,
+) -> Result<(http::request::Parts, bytes::Bytes), http::Request<OutgoingBody>> {
+    use http_body_util::Either;
+    if req.headers().contains_key(http::header::UPGRADE) {
+        return Err(req);
+    }
+    let (parts, body) = req.into_parts();
+    match body {
+        Either::Left(b) if b.is_end_stream() => Ok((parts, bytes::Bytes::new())),
+        Either::Right(Either::Left(mut full)) => {
+            // A `Full` yields its one frame at once.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match Pin::new(&mut full).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Ok((parts, data)),
+                    Err(_) => Err(http::Request::from_parts(parts, Either::Right(Either::Left(full)))),
+                },
+                _ => Ok((parts, bytes::Bytes::new())),
+            }
+        }
+        body => Err(http::Request::from_parts(parts, body)),
+    }
+}
+
+/// An upstream response's body: hyper's, or our HTTP/1.1 client's (h1pool.rs).
+#[derive(Debug)]
+pub(crate) enum UpstreamResponseBody {
+    Hyper(Incoming),
+    Own(H1Body),
+}
+
+impl Body for UpstreamResponseBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Own(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::Own(b) => b.size_hint(),
         }
     }
 }

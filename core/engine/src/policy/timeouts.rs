@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::http::client::UpstreamResponseBody;
 use tokio::time::Sleep;
 
 use super::breaker::BreakerGuard;
@@ -56,7 +58,7 @@ pub(crate) fn reply(kind: Kind) -> Response<ProxyBody> {
 /// allocation).
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
-    inner: Incoming,
+    inner: UpstreamResponseBody,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     on_idle: Option<std::sync::Arc<crate::metrics::ClusterStats>>,
     _guard: Option<BreakerGuard>,
@@ -64,12 +66,12 @@ pub(crate) struct UpstreamBody {
 
 impl UpstreamBody {
     #[inline]
-    pub(crate) fn plain(inner: Incoming) -> Self {
+    pub(crate) fn plain(inner: UpstreamResponseBody) -> Self {
         Self { inner, idle: None, on_idle: None, _guard: None }
     }
 
     pub(crate) fn with_policy(
-        inner: Incoming,
+        inner: UpstreamResponseBody,
         idle: Option<Duration>,
         stats: &std::sync::Arc<crate::metrics::ClusterStats>,
         guard: Option<BreakerGuard>,
@@ -105,7 +107,7 @@ impl Body for UpstreamBody {
                 if let Some((d, sleep)) = &mut this.idle {
                     sleep.as_mut().reset(tokio::time::Instant::now() + *d);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame)
             }
             Poll::Pending => {
                 if let Some((_, sleep)) = &mut this.idle {

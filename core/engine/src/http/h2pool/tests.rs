@@ -78,7 +78,7 @@ fn get(endpoint: SocketAddr, path: &str, host: Option<&str>) -> Request<Outgoing
     req
 }
 
-fn header(resp: &Response<Incoming>, name: &str) -> String {
+fn header<B>(resp: &Response<B>, name: &str) -> String {
     resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
 }
 
