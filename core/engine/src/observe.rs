@@ -177,6 +177,13 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
+    /// When the request's head arrived: the request path's one clock reading, which the
+    /// policies (rate limit, retry budget, timeouts) reuse.
+    #[inline]
+    pub(crate) fn started(&self) -> Instant {
+        self.start
+    }
+
     /// Start observing `req`: tracing headers first (trace.rs may set `x-request-id` and the
     /// propagated context), then, when an access log, a trace or a tap wants this request,
     /// its facts.
@@ -211,10 +218,11 @@ impl Exchange {
         }
     }
 
-    /// Note that a try goes upstream now (only the first one is kept).
+    /// Note that a try goes upstream now (only the first one is kept). Only a record reads
+    /// it, so without one (no sink wants this request) no clock is read.
     #[inline]
     pub(crate) fn sending_upstream(&mut self) {
-        if self.upstream_sent.is_none() {
+        if self.upstream_sent.is_none() && self.detail.is_some() {
             self.upstream_sent = Some(self.start.elapsed());
         }
     }

@@ -91,7 +91,7 @@ pub(crate) async fn handle(
     if !req.body().is_end_stream() {
         req.body_mut().count_into(Arc::clone(&target.route_stats));
     }
-    cluster.policy.budget.record_request();
+    cluster.policy.budget.record_request(ex.started());
     let plain =
         target.policy.is_none() && cluster.policy.breaker.is_none() && cluster.policy.outlier.is_none();
     let mut resp = if plain {
@@ -247,7 +247,7 @@ async fn forward_with_policy(
     if let Some(p) = policy {
         // --- policy: local rate limit (policy/ratelimit.rs) ---
         if let Some(limit) = &p.rate_limit {
-            if let Err(wait) = limit.check(req.headers(), Some(peer.ip())) {
+            if let Err(wait) = limit.check(req.headers(), Some(peer.ip()), ex.started()) {
                 p.stats.rate_limited.inc();
                 ex.flags.set(Flags::RATE_LIMITED);
                 let mut resp = local_reply(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
@@ -288,7 +288,7 @@ async fn forward_with_policy(
     }
     // --- policy: whole-request timeout (policy/timeouts.rs), kept as a deadline that each
     // wait in the tries honours, so that a request runs under one timer at a time ---
-    let deadline = policy.and_then(|p| p.timeout).map(|t| TokioInstant::now() + t);
+    let deadline = policy.and_then(|p| p.timeout).map(|t| TokioInstant::from_std(ex.started()) + t);
     tries(target, policy, peer, req, pq, guard, deadline, ex).await
 }
 
@@ -395,9 +395,12 @@ async fn tries(
         };
         let sent = cluster.upstream.request(up);
         // --- policy: per-try timeout, or the request's deadline if that comes first ---
+        // The first try counts from the request's arrival (microseconds earlier), which
+        // spares a clock reading; a retry, after its backoff, from now.
+        let began = || if done == 0 { TokioInstant::from_std(ex.started()) } else { TokioInstant::now() };
         let until = match (per_try, deadline) {
-            (Some(d), Some(at)) => Some((TokioInstant::now() + d).min(at)),
-            (Some(d), None) => Some(TokioInstant::now() + d),
+            (Some(d), Some(at)) => Some((began() + d).min(at)),
+            (Some(d), None) => Some(began() + d),
             (None, at) => at,
         };
         let result = match until {

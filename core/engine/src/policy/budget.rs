@@ -64,11 +64,12 @@ impl Budget {
         slot
     }
 
-    /// Count an original request (not a retry) to the cluster.
+    /// Count an original request (not a retry) to the cluster, which arrived `at` (the
+    /// request path's one clock reading).
     #[inline]
-    pub(crate) fn record_request(&self) {
+    pub(crate) fn record_request(&self, at: Instant) {
         if self.enabled.load(Ordering::Relaxed) {
-            self.record_request_at(self.now());
+            self.record_request_at(at.saturating_duration_since(self.base).as_secs());
         }
     }
 

@@ -98,12 +98,19 @@ impl RateLimit {
 
     /// Admit a request, or answer how long until one would be admitted (for `Retry-After`).
     #[inline]
-    pub(crate) fn check(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<(), Duration> {
-        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.check_at(self.slot(headers, client), now)
+    /// Take a token for a request that arrived `at` (the request path passes the time it
+    /// read when the request's head arrived, so that the check reads no clock).
+    pub(crate) fn check(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+        at: Instant,
+    ) -> Result<(), Duration> {
+        let now = u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        self.check_at(self.slot(headers, client, now), now)
     }
 
-    fn slot(&self, headers: &HeaderMap, client: Option<IpAddr>) -> &Slot {
+    fn slot(&self, headers: &HeaderMap, client: Option<IpAddr>, now: u64) -> &Slot {
         let hash = match &self.key {
             Key::Route => return &self.slots[0],
             // A missing header (or client address) is one key of its own.
@@ -114,7 +121,6 @@ impl RateLimit {
         let n = self.slots.len();
         #[allow(clippy::cast_possible_truncation)]
         let start = (hash % n as u64) as usize;
-        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let probes = PROBES.min(n);
         for k in 0..probes {
             let slot = &self.slots[(start + k) % n];
@@ -192,11 +198,12 @@ mod tests {
             h.insert("x-user", v.parse().unwrap());
             h
         };
-        assert!(rl.check(&headers("a"), None).is_ok());
-        assert!(rl.check(&headers("a"), None).is_err(), "a's bucket is empty");
-        assert!(rl.check(&headers("b"), None).is_ok(), "b has a bucket of its own");
+        assert!(rl.check(&headers("a"), None, Instant::now()).is_ok());
+        assert!(rl.check(&headers("a"), None, Instant::now()).is_err(), "a's bucket is empty");
+        assert!(rl.check(&headers("b"), None, Instant::now()).is_ok(), "b has a bucket of its own");
         // Many keys: the table never grows past max_keys, and nobody gets more than a burst.
-        let admitted = (0..100).filter(|k| rl.check(&headers(&format!("k{k}")), None).is_ok()).count();
+        let admitted =
+            (0..100).filter(|k| rl.check(&headers(&format!("k{k}")), None, Instant::now()).is_ok()).count();
         assert!(admitted <= 4, "{admitted}");
         assert_eq!(rl.slots.len(), 4);
     }
@@ -207,9 +214,9 @@ mod tests {
         s.key_client_ip = true;
         let rl = RateLimit::compile(&s, "r").unwrap();
         let h = HeaderMap::new();
-        assert!(rl.check(&h, Some([127, 0, 0, 1].into())).is_ok());
-        assert!(rl.check(&h, Some([127, 0, 0, 1].into())).is_err());
-        assert!(rl.check(&h, Some([127, 0, 0, 2].into())).is_ok());
+        assert!(rl.check(&h, Some([127, 0, 0, 1].into()), Instant::now()).is_ok());
+        assert!(rl.check(&h, Some([127, 0, 0, 1].into()), Instant::now()).is_err());
+        assert!(rl.check(&h, Some([127, 0, 0, 2].into()), Instant::now()).is_ok());
         s.key_header = Some("x".into());
         assert_eq!(RateLimit::compile(&s, "r").unwrap_err().path, "r.key_header");
         assert_eq!(RateLimit::compile(&spec(0.0, 1), "r").unwrap_err().path, "r.requests_per_second");
