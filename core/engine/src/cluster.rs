@@ -17,7 +17,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, COOKIE};
 use http::uri::Authority;
-use http::Request;
+use http::HeaderMap;
 
 use crate::config::{ClusterSpec, HashOnSpec, HealthCheckSpec, LbKind};
 use crate::error::Error;
@@ -151,18 +151,18 @@ impl Cluster {
     /// The endpoint for this request, and the guard that counts it in flight until dropped;
     /// `None` when no endpoint is in rotation. `peer` is the client's address.
     #[inline]
-    pub(crate) fn pick<B>(&self, req: &Request<B>, peer: SocketAddr) -> Option<(&Authority, InFlight<'_>)> {
-        self.pick_indexed(req, peer).map(|(_, a, g)| (a, g))
+    pub(crate) fn pick(&self, headers: &HeaderMap, peer: SocketAddr) -> Option<(&Authority, InFlight<'_>)> {
+        self.pick_indexed(headers, peer).map(|(_, a, g)| (a, g))
     }
 
     /// As [`Cluster::pick`], with the endpoint's index (for `policy.outlier.observe`).
     #[inline]
-    pub(crate) fn pick_indexed<B>(
+    pub(crate) fn pick_indexed(
         &self,
-        req: &Request<B>,
+        headers: &HeaderMap,
         peer: SocketAddr,
     ) -> Option<(usize, &Authority, InFlight<'_>)> {
-        let hash = self.hash_on.as_ref().and_then(|h| h.hash(req, peer));
+        let hash = self.hash_on.as_ref().and_then(|h| h.hash(headers, peer));
         self.pick_with(PickContext { hash }, self.lb == LbKind::Ewma)
     }
 
@@ -171,7 +171,7 @@ impl Cluster {
     /// in flight without timing it (a connection's length is not a latency).
     pub(crate) fn pick_connection(&self, peer: SocketAddr) -> Option<(&Authority, InFlight<'_>)> {
         let hash = match self.hash_on {
-            Some(HashOn::SourceIp) => HashOn::SourceIp.hash(&Request::new(()), peer),
+            Some(HashOn::SourceIp) => HashOn::SourceIp.hash(&HeaderMap::new(), peer),
             _ => None,
         };
         self.pick_with(PickContext { hash }, false).map(|(_, a, g)| (a, g))
@@ -331,13 +331,13 @@ fn check_health_spec(hc: &HealthCheckSpec, path: &str) -> Result<(), Error> {
 // === impl HashOn ===
 
 impl HashOn {
-    /// The hash of the request's key; `None` when the request has none.
+    /// The hash of the request's key (from its `headers`, or the client's address `peer`);
+    /// `None` when the request has none.
     #[inline]
-    fn hash<B>(&self, req: &Request<B>, peer: SocketAddr) -> Option<u64> {
+    fn hash(&self, headers: &HeaderMap, peer: SocketAddr) -> Option<u64> {
         match self {
-            Self::Header(name) => req.headers().get(name).map(|v| lb::hash_key(v.as_bytes())),
-            Self::Cookie(name) => req
-                .headers()
+            Self::Header(name) => headers.get(name).map(|v| lb::hash_key(v.as_bytes())),
+            Self::Cookie(name) => headers
                 .get_all(COOKIE)
                 .iter()
                 .find_map(|v| cookie_value(v.as_bytes(), name.as_bytes()))

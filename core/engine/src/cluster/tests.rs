@@ -1,4 +1,5 @@
 use super::*;
+use http::Request;
 
 #[test]
 fn endpoints_need_host_and_port() {
@@ -62,7 +63,7 @@ fn request(headers: &[(&str, &str)]) -> Request<()> {
 }
 
 fn picked(c: &Cluster, req: &Request<()>, from: &str) -> String {
-    c.pick(req, peer(from)).unwrap().0.to_string()
+    c.pick(req.headers(), peer(from)).unwrap().0.to_string()
 }
 
 const THREE: [(&str, u32); 3] = [("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)];
@@ -147,9 +148,9 @@ fn unhealthy_endpoints_leave_the_rotation_above_the_panic_threshold() {
 #[test]
 fn with_panic_mode_off_an_empty_rotation_picks_nothing() {
     let c = compile(&spec(LbKind::LeastRequest, None, &THREE[..1], 0));
-    assert!(c.pick(&request(&[]), peer("127.0.0.1")).is_some());
+    assert!(c.pick(request(&[]).headers(), peer("127.0.0.1")).is_some());
     c.health.set_for_test(0, false);
-    assert!(c.pick(&request(&[]), peer("127.0.0.1")).is_none());
+    assert!(c.pick(request(&[]).headers(), peer("127.0.0.1")).is_none());
 }
 
 #[test]
@@ -162,7 +163,7 @@ fn weights_reach_the_balancer() {
 #[test]
 fn in_flight_requests_steer_least_request() {
     let c = compile(&spec(LbKind::LeastRequest, None, &THREE[..2], 50));
-    let (first, guard) = c.pick(&request(&[]), peer("127.0.0.1")).unwrap();
+    let (first, guard) = c.pick(request(&[]).headers(), peer("127.0.0.1")).unwrap();
     let first = first.to_string();
     // While the first is busy, every pick goes to the other.
     for _ in 0..20 {
@@ -192,7 +193,7 @@ fn only_load_reading_balancers_count_requests_in_flight() {
         [(LbKind::RoundRobin, 0), (LbKind::Random, 0), (LbKind::LeastRequest, 1), (LbKind::Ewma, 1)]
     {
         let c = compile(&spec(lb, None, &THREE[..1], 50));
-        let guard = c.pick(&request(&[]), peer("127.0.0.1")).unwrap();
+        let guard = c.pick(request(&[]).headers(), peer("127.0.0.1")).unwrap();
         assert_eq!(c.endpoints[0].load.in_flight(), counted, "{lb:?}");
         drop(guard);
         assert_eq!(c.endpoints[0].load.in_flight(), 0);
@@ -226,16 +227,16 @@ fn an_ejected_endpoint_leaves_the_rotation_of_every_balancer_and_returns() {
             Some(ClusterPolicySpec { circuit_breaker: None, outlier_detection: Some(outlier.clone()) });
         let c = compile(&s);
         let req = request(&[]);
-        let (first, _, _) = c.pick_indexed(&req, peer("10.0.0.1")).unwrap();
+        let (first, _, _) = c.pick_indexed(req.headers(), peer("10.0.0.1")).unwrap();
         c.policy.outlier.as_ref().unwrap().observe(first, TryOutcome::Response { status: 503, grpc: None });
         for k in 0..30 {
-            let (i, _, _) = c.pick_indexed(&req, peer(&format!("10.0.0.{k}"))).unwrap();
+            let (i, _, _) = c.pick_indexed(req.headers(), peer(&format!("10.0.0.{k}"))).unwrap();
             assert_ne!(i, first, "{lb:?}: the ejected endpoint is out of rotation");
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let back =
-                (0..30).any(|k| c.pick_indexed(&req, peer(&format!("10.0.0.{k}"))).unwrap().0 == first);
+            let back = (0..30)
+                .any(|k| c.pick_indexed(req.headers(), peer(&format!("10.0.0.{k}"))).unwrap().0 == first);
             if back {
                 break;
             }

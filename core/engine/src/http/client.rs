@@ -196,6 +196,16 @@ impl Upstream {
         Self { pool, stats, settings, scheme, tls: kept }
     }
 
+    /// Our own HTTP/1.1 client, for a plaintext HTTP/1.1 cluster (http/h1pool.rs): the
+    /// request path sends requests whose body is in hand through it directly.
+    #[inline]
+    pub(crate) fn own_h1(&self) -> Option<&H1Pool> {
+        match &self.pool {
+            Pool::Plain(_, own) => Some(own),
+            _ => None,
+        }
+    }
+
     pub(crate) fn is_tls(&self) -> bool {
         matches!(self.pool, Pool::Tls(_) | Pool::H2Tls(_))
     }
@@ -210,10 +220,13 @@ impl Upstream {
     ) -> Result<http::Response<UpstreamResponseBody>, UpstreamError> {
         let hyper_body = |r: http::Response<Incoming>| r.map(UpstreamResponseBody::Hyper);
         match &self.pool {
-            Pool::Plain(c, own) => match in_hand(req) {
-                Ok((parts, body)) => own.request(parts, body).await.map(|r| r.map(UpstreamResponseBody::Own)),
-                Err(req) => c.request(req).await.map(hyper_body).map_err(UpstreamError::from),
-            },
+            // Boxed: the request path calls `own_h1` directly; this serves the others
+            // (mirrors), and would make every caller's future larger.
+            Pool::Plain(_, own) if in_hand(&req) => {
+                let (parts, body) = req.into_parts();
+                Box::pin(own.request(parts, whole(body))).await.map(|r| r.map(UpstreamResponseBody::Own))
+            }
+            Pool::Plain(c, _) => c.request(req).await.map(hyper_body).map_err(UpstreamError::from),
             Pool::Tls(c) => c.request(req).await.map(hyper_body).map_err(UpstreamError::from),
             // Boxed: these futures hold a whole connect (TCP, TLS, HTTP/2 handshake), about
             // 8 KiB, and every future that awaits this one would carry (and move) that much.
@@ -223,31 +236,31 @@ impl Upstream {
     }
 }
 
-/// The request's head and whole body when the body is in hand (none, or buffered) and the
-/// request is no upgrade; else the request as it was.
-#[allow(clippy::result_large_err, reason = "the Err arm hands the request back, not an error")]
-fn in_hand(
-    req: http::Request<OutgoingBody>,
-) -> Result<(http::request::Parts, bytes::Bytes), http::Request<OutgoingBody>> {
+/// Whether the request's body is in hand (none, or buffered) and the request is no upgrade:
+/// then our own HTTP/1.1 client can send it.
+fn in_hand(req: &http::Request<OutgoingBody>) -> bool {
     use http_body_util::Either;
-    if req.headers().contains_key(http::header::UPGRADE) {
-        return Err(req);
-    }
-    let (parts, body) = req.into_parts();
+    !req.headers().contains_key(http::header::UPGRADE)
+        && match req.body() {
+            Either::Left(b) => b.is_end_stream(),
+            Either::Right(Either::Left(_)) => true,
+            Either::Right(Either::Right(_)) => false,
+        }
+}
+
+/// The whole of a body that [`in_hand`] accepted.
+fn whole(body: OutgoingBody) -> bytes::Bytes {
+    use http_body_util::Either;
     match body {
-        Either::Left(b) if b.is_end_stream() => Ok((parts, bytes::Bytes::new())),
         Either::Right(Either::Left(mut full)) => {
             // A `Full` yields its one frame at once.
             let mut cx = Context::from_waker(std::task::Waker::noop());
             match Pin::new(&mut full).poll_frame(&mut cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => Ok((parts, data)),
-                    Err(_) => Err(http::Request::from_parts(parts, Either::Right(Either::Left(full)))),
-                },
-                _ => Ok((parts, bytes::Bytes::new())),
+                Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+                _ => bytes::Bytes::new(),
             }
         }
-        body => Err(http::Request::from_parts(parts, body)),
+        _ => bytes::Bytes::new(),
     }
 }
 
@@ -422,5 +435,21 @@ mod size_tests {
         )));
         let fut = up.request(req);
         assert!(std::mem::size_of_val(&fut) <= 1024, "{} bytes", std::mem::size_of_val(&fut));
+        drop(fut);
+        let encoded = super::super::h1pool::Encoded::new(
+            &http::Method::GET,
+            "/",
+            &http::HeaderMap::new(),
+            Some(&http::uri::Authority::from_static("127.0.0.1:1")),
+            bytes::Bytes::new(),
+        )
+        .unwrap();
+        let endpoint = http::uri::Authority::from_static("127.0.0.1:1");
+        let own = up.own_h1().unwrap().send(&encoded, &endpoint);
+        assert!(
+            std::mem::size_of_val(&own) <= 1024,
+            "own HTTP/1.1 send: {} bytes",
+            std::mem::size_of_val(&own)
+        );
     }
 }

@@ -195,47 +195,55 @@ impl H1Pool {
     }
 
     /// Send a request whose URI names the endpoint, with its whole body, and read the
-    /// response head. A pooled connection that the endpoint closed before answering is
-    /// replaced once by a new one, when the request is idempotent (RFC 9110 §9.2.2): a
-    /// request that may have reached the endpoint is otherwise never sent twice.
+    /// response head (see [`H1Pool::send`]).
     pub(crate) fn request(
         &self,
         parts: http::request::Parts,
         body: Bytes,
     ) -> impl Future<Output = Result<Response<H1Body>, UpstreamError>> + Send + '_ {
-        // The head is encoded here, so that the future carries its bytes, not the request.
+        // Encoded here, so that the future carries the head's bytes, not the request.
         let endpoint = parts.uri.authority().cloned();
-        let mut head = Vec::new();
-        if let Some(endpoint) = &endpoint {
-            head.reserve(512);
-            encode_head(&parts, endpoint, body.len(), &mut head);
-        }
-        let is_head = parts.method == Method::HEAD;
-        let replayable = is_idempotent(&parts.method);
+        let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let encoded =
+            endpoint.as_ref().map(|e| Encoded::new(&parts.method, pq, &parts.headers, Some(e), body));
         drop(parts);
         async move {
-            let Some(endpoint) = endpoint else {
-                return Err(UpstreamError::connect("request URI names no endpoint".into()));
-            };
-            let (mut conn, mut reused) = match self.idle.checkout(&endpoint) {
-                Some(conn) => (conn, true),
-                // Boxed, as a connect is rare and its future large: every request's future
-                // would carry it.
-                None => (Box::pin(self.connect(&endpoint)).await?, false),
-            };
-            loop {
-                match exchange(&mut conn, &head, &body).await {
-                    Ok(parsed) => {
-                        return self.respond(parsed, conn, endpoint, is_head).map_err(UpstreamError::request);
+            match (endpoint, encoded) {
+                (Some(endpoint), Some(Some(encoded))) => self.send(&encoded, &endpoint).await,
+                _ => Err(UpstreamError::connect("request URI names no endpoint".into())),
+            }
+        }
+    }
+
+    /// Send an encoded request to `endpoint` and read the response head. A pooled connection
+    /// that the endpoint closed before answering is replaced once by a new one, when the
+    /// request is idempotent (RFC 9110 §9.2.2): a request that may have reached the endpoint
+    /// is otherwise never sent twice.
+    pub(crate) async fn send(
+        &self,
+        req: &Encoded,
+        endpoint: &Authority,
+    ) -> Result<Response<H1Body>, UpstreamError> {
+        let (mut conn, mut reused) = match self.idle.checkout(endpoint) {
+            Some(conn) => (conn, true),
+            // Boxed, as a connect is rare and its future large: every request's future would
+            // carry it.
+            None => (Box::pin(self.connect(endpoint)).await?, false),
+        };
+        loop {
+            match exchange(&mut conn, &req.head, &req.body).await {
+                Ok(parsed) => {
+                    return self
+                        .respond(parsed, conn, endpoint.clone(), req.is_head)
+                        .map_err(UpstreamError::request);
+                }
+                Err(Failed { error, answered }) => {
+                    if reused && !answered && req.replayable {
+                        conn = Box::pin(self.connect(endpoint)).await?;
+                        reused = false;
+                        continue;
                     }
-                    Err(Failed { error, answered }) => {
-                        if reused && !answered && replayable {
-                            conn = Box::pin(self.connect(&endpoint)).await?;
-                            reused = false;
-                            continue;
-                        }
-                        return Err(UpstreamError::request(Box::new(error)));
-                    }
+                    return Err(UpstreamError::request(Box::new(error)));
                 }
             }
         }
@@ -269,39 +277,60 @@ fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
-/// The request line and headers, with framing of our own: the client's `Content-Length` and
-/// `Transfer-Encoding` never pass (the body is whole, so its length is known), and a `Host`
-/// is added when the request has none.
-fn encode_head(parts: &http::request::Parts, endpoint: &Authority, body_len: usize, out: &mut Vec<u8>) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(endpoint.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
+/// A request encoded for HTTP/1.1 once: every try, to whichever endpoint, sends the same
+/// bytes, so a retry re-encodes nothing and the request path clones no headers.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    head: Vec<u8>,
+    body: Bytes,
+    is_head: bool,
+    replayable: bool,
+}
+
+impl Encoded {
+    /// The request line and headers, with framing of our own: the client's `Content-Length`
+    /// and `Transfer-Encoding` never pass (the body is whole, so its length is known). A
+    /// request without `Host` gets `host_fallback`, or is not encoded (None) without one, as
+    /// its head would then depend on the endpoint.
+    pub(crate) fn new(
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        host_fallback: Option<&Authority>,
+        body: Bytes,
+    ) -> Option<Self> {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(path_and_query.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        if !headers.contains_key(HOST) {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(host_fallback?.as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        for (name, value) in headers {
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        // A body, or a method whose requests have one by nature, says its length; a GET
+        // without a body says nothing (RFC 9110 §8.6).
+        let says_length = !body.is_empty()
+            || headers.contains_key(CONTENT_LENGTH)
+            || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+        if says_length {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(body.len().to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"\r\n");
+        Some(Self { head: out, body, is_head: *method == Method::HEAD, replayable: is_idempotent(method) })
     }
-    // A body, or a method whose requests have one by nature, says its length; a GET without
-    // a body says nothing (RFC 9110 §8.6).
-    let says_length = body_len > 0
-        || parts.headers.contains_key(CONTENT_LENGTH)
-        || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-    if says_length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body_len.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// A parsed response head.

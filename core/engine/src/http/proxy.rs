@@ -29,7 +29,8 @@ use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant as TokioInstant;
 
-use super::client::{ConnectionLimit, OutgoingBody, UpstreamError};
+use super::client::{ConnectionLimit, OutgoingBody, UpstreamError, UpstreamResponseBody};
+use super::h1pool::Encoded;
 use super::headers::strip_hop_by_hop;
 use super::limits::{DownstreamBodyError, Refused, RequestBody};
 use super::{local_reply, ProxyBody};
@@ -97,7 +98,7 @@ pub(crate) async fn handle(
     let mut resp = if plain {
         // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on
         // it (least_request, ewma) until the response head is back. None in rotation: 503.
-        let Some((endpoint, mut in_flight)) = cluster.pick(&req, peer) else {
+        let Some((endpoint, mut in_flight)) = cluster.pick(req.headers(), peer) else {
             ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
             target.counters.record(resp.status().as_u16());
@@ -180,26 +181,40 @@ async fn forward(
     ex.endpoint = Some(endpoint.clone());
     ex.attempts = 1;
     ex.sending_upstream();
-    match upstream_uri(cluster, endpoint, pq) {
-        Ok(uri) => *req.uri_mut() = uri,
-        Err(()) => return local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
-    }
-    let upgrade = if is_upgrade(&req) {
-        let protocol = req.headers().get(UPGRADE).cloned();
-        let downstream = hyper::upgrade::on(&mut req);
-        strip_hop_by_hop(req.headers_mut());
-        req.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Some(p) = protocol {
-            req.headers_mut().insert(UPGRADE, p);
+    let upgrade = is_upgrade(&req);
+    let protocol = if upgrade { req.headers().get(UPGRADE).cloned() } else { None };
+    strip_hop_by_hop(req.headers_mut());
+    // --- a plaintext HTTP/1.1 cluster and no body: our own client sends the head as it is
+    // encoded here, with no upstream URI or request built (http/h1pool.rs) ---
+    let own = match cluster.upstream.own_h1() {
+        Some(h1) if !upgrade && req.body().is_end_stream() => {
+            Encoded::new(req.method(), pq.as_str(), req.headers(), None, Bytes::new()).map(|e| (h1, e))
         }
-        Some(downstream)
-    } else {
-        strip_hop_by_hop(req.headers_mut());
-        None
+        _ => None,
     };
-    // hyper-util sends HTTP/1.1 or HTTP/2 by what the pooled connection speaks.
-    *req.version_mut() = Version::HTTP_11;
-    match cluster.upstream.request(req.map(Either::Left)).await {
+    let (result, upgrade) = if let Some((h1, encoded)) = own {
+        let sent = h1.send(&encoded, endpoint).await;
+        (sent.map(|r| r.map(UpstreamResponseBody::Own)), None)
+    } else {
+        match upstream_uri(cluster, endpoint, pq) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(()) => return local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+        }
+        let upgrade = if upgrade {
+            let downstream = hyper::upgrade::on(&mut req);
+            req.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(p) = protocol {
+                req.headers_mut().insert(UPGRADE, p);
+            }
+            Some(downstream)
+        } else {
+            None
+        };
+        // hyper-util sends HTTP/1.1 or HTTP/2 by what the pooled connection speaks.
+        *req.version_mut() = Version::HTTP_11;
+        (cluster.upstream.request(req.map(Either::Left)).await, upgrade)
+    };
+    match result {
         Ok(mut resp) => {
             ex.upstream_answered(resp.headers());
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -280,7 +295,7 @@ async fn forward_with_policy(
         None => None,
     };
     if is_upgrade(&req) {
-        let Some((endpoint, _in_flight)) = cluster.pick(&req, peer) else {
+        let Some((endpoint, _in_flight)) = cluster.pick(req.headers(), peer) else {
             ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
@@ -356,34 +371,50 @@ async fn tries(
         m.send(&parts, pq.clone(), b.clone(), peer);
     }
 
+    // --- a plaintext HTTP/1.1 cluster and the body in hand: the request is encoded once for
+    // every try (http/h1pool.rs), so that no try clones headers or builds a request ---
+    let encoded = match (cluster.upstream.own_h1(), &buffered) {
+        (Some(h1), Some(b)) => {
+            Encoded::new(&parts.method, pq.as_str(), &parts.headers, None, b.clone()).map(|e| (h1, e))
+        }
+        _ => None,
+    };
     let per_try = policy.and_then(|p| p.per_try_timeout);
     let idle = policy.and_then(|p| p.idle_timeout);
     let mut done = 0u32;
     let mut _retry_place: Option<BreakerGuard> = None;
     loop {
         let last = (buffered.is_none() && copy.is_none()) || retry.is_none_or(|r| done >= r.attempts);
-        let body: OutgoingBody = match (&buffered, streamed.take()) {
-            (Some(b), _) => Either::Right(Either::Left(Full::new(b.clone()))),
-            (None, Some(s)) => s,
-            (None, None) => return local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
-        };
-        let mut up = Request::new(body);
-        *up.method_mut() = parts.method.clone();
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         // --- load balancing: an endpoint in rotation (outlier ejection takes endpoints out of
         // it); `in_flight` counts the try on it until its outcome is known ---
-        let Some((index, endpoint, mut in_flight)) = cluster.pick_indexed(&up, peer) else {
+        let Some((index, endpoint, mut in_flight)) = cluster.pick_indexed(&parts.headers, peer) else {
             ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
         ex.endpoint = Some(endpoint.clone());
         ex.attempts += 1;
         ex.sending_upstream();
-        let Ok(uri) = upstream_uri(cluster, endpoint, pq.clone()) else {
-            return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+        // Encoded once (our own HTTP/1.1 client), or a request built for this try.
+        let up = match &encoded {
+            Some(_) => None,
+            None => {
+                let body: OutgoingBody = match (&buffered, streamed.take()) {
+                    (Some(b), _) => Either::Right(Either::Left(Full::new(b.clone()))),
+                    (None, Some(s)) => s,
+                    (None, None) => return local_reply(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
+                };
+                let mut up = Request::new(body);
+                *up.method_mut() = parts.method.clone();
+                *up.version_mut() = Version::HTTP_11;
+                *up.headers_mut() =
+                    if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+                let Ok(uri) = upstream_uri(cluster, endpoint, pq.clone()) else {
+                    return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+                };
+                *up.uri_mut() = uri;
+                Some(up)
+            }
         };
-        *up.uri_mut() = uri;
 
         // --- policy: circuit breaker, pending requests ---
         let pending = match &cluster.policy.breaker {
@@ -393,7 +424,13 @@ async fn tries(
             },
             None => None,
         };
-        let sent = cluster.upstream.request(up);
+        let sent = async {
+            match (up, &encoded) {
+                (Some(up), _) => cluster.upstream.request(up).await,
+                (None, Some((h1, e))) => h1.send(e, endpoint).await.map(|r| r.map(UpstreamResponseBody::Own)),
+                (None, None) => unreachable!("a try has a request or an encoded one"),
+            }
+        };
         // --- policy: per-try timeout, or the request's deadline if that comes first ---
         // The first try counts from the request's arrival (microseconds earlier), which
         // spares a clock reading; a retry, after its backoff, from now.

@@ -54,7 +54,7 @@ impl Mirror {
         let mut req = Request::new(Either::Right(Either::Left(Full::new(body))));
         *req.method_mut() = parts.method.clone();
         *req.headers_mut() = parts.headers.clone();
-        let Some((endpoint, _)) = cluster.pick(&req, peer) else { return };
+        let Some((endpoint, _)) = cluster.pick(req.headers(), peer) else { return };
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(cluster.upstream.scheme.clone());
         uri.authority = Some(endpoint.clone());
