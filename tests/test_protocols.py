@@ -387,6 +387,36 @@ def test_tls_origination_verifies_the_upstream(
     assert r.status_code == 503
 
 
+def test_auto_over_tls_carries_the_client_host_to_an_http2_upstream(
+    ca: CA, echo: Callable[..., Echo], mesh: Callable[..., Mesh]
+) -> None:
+    """`protocol: auto` picks HTTP/2 by ALPN and sends the client's host as `:authority`,
+    which the upstream routes on (its router reads the authority first)."""
+    named, other = echo("named"), echo("other")
+    back_listener = tls_listener("back", [ca.issue("back.test")])
+    back_listener["routes"] = [
+        {"match": {"host": "svc.example"}, "to": [{"cluster": "named"}]},
+        route("other"),
+    ]
+    back = mesh(
+        {
+            "listeners": [back_listener],
+            "clusters": [cluster("named", named.address), cluster("other", other.address)],
+        }
+    )
+    tls = {"sni": "back.test", "ca": str(ca.path)}
+    front = mesh(
+        {
+            "listeners": [listener("front", [route("b")])],
+            "clusters": [cluster("b", back.listeners()["back"], tls=tls, protocol="auto")],
+        }
+    )
+    for host, server in (("svc.example", "named"), ("else.example", "other")):
+        r = httpx.get(front.listener("front") + "/", headers={"host": host}, timeout=10)
+        assert (r.status_code, r.headers["server-id"]) == (200, server), host
+        assert r.headers["echo-host"] == host
+
+
 def test_tls_passthrough_routes_by_sni_without_terminating(
     ca: CA, echo: Callable[..., Echo], mesh: Callable[..., Mesh]
 ) -> None:

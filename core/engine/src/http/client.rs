@@ -6,12 +6,14 @@
 //! with `protocol: http2` use connections of our own instead (h2pool.rs), so that the pool is
 //! keyed by endpoint while the request carries the client's authority as `:authority`.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::Authority;
 use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
@@ -69,6 +71,95 @@ enum Pool {
     Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, OutgoingBody>),
     H2Plain(H2Pool<CountingConnector<HttpConnector>>),
     H2Tls(H2Pool<CountingConnector<HttpsConnector<HttpConnector>>>),
+    AutoTls(Box<Auto>),
+}
+
+/// `protocol: auto` over TLS: ALPN chooses per endpoint. An endpoint is tried over HTTP/2
+/// first, offering `h2` and `http/1.1`; a connection on which it picked `http/1.1` is closed
+/// and the endpoint remembered as HTTP/1.1, which an HTTP/1.1-only client then carries
+/// (one connection wasted per such endpoint, for the pool's life). Both keep the client's
+/// host: HTTP/2 as `:authority` (h2pool.rs), HTTP/1.1 as `Host`. hyper-util's client picks
+/// by ALPN too, but over HTTP/2 it sends the endpoint as `:authority`.
+#[derive(Debug)]
+struct Auto {
+    h2: H2Pool<OnlyH2<CountingConnector<HttpsConnector<HttpConnector>>>>,
+    h1: Client<CountingConnector<HttpsConnector<HttpConnector>>, OutgoingBody>,
+    speaks_h1: Arc<Mutex<HashSet<Authority>>>,
+}
+
+impl Auto {
+    fn speaks_h1(&self, endpoint: &Authority) -> bool {
+        self.speaks_h1.lock().unwrap_or_else(PoisonError::into_inner).contains(endpoint)
+    }
+
+    async fn request(
+        &self,
+        req: http::Request<OutgoingBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let Some(endpoint) = req.uri().authority().cloned() else {
+            return Err(UpstreamError::request(Box::from("the upstream URI names no endpoint")));
+        };
+        if !self.speaks_h1(&endpoint) {
+            match self.h2.ready(&endpoint).await {
+                Ok(()) => return self.h2.request(req).await,
+                // The endpoint picked HTTP/1.1 (its connection said so; nothing was sent).
+                Err(_) if self.speaks_h1(&endpoint) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.h1.request(req).await.map_err(UpstreamError::from)
+    }
+}
+
+/// A TLS connector that hands on only connections on which ALPN chose `h2`, and notes the
+/// endpoints that chose otherwise.
+#[derive(Debug, Clone)]
+struct OnlyH2<C> {
+    inner: C,
+    speaks_h1: Arc<Mutex<HashSet<Authority>>>,
+}
+
+/// The error of a connection on which the endpoint did not choose HTTP/2.
+#[derive(Debug)]
+struct ChoseHttp1;
+
+impl std::fmt::Display for ChoseHttp1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the endpoint chose HTTP/1.1 by ALPN")
+    }
+}
+
+impl std::error::Error for ChoseHttp1 {}
+
+impl<C> Service<http::Uri> for OnlyH2<C>
+where
+    C: Service<http::Uri, Error = BoxError>,
+    C::Response: Connection + Send + 'static,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let endpoint = uri.authority().cloned();
+        let connecting = self.inner.call(uri);
+        let speaks_h1 = Arc::clone(&self.speaks_h1);
+        Box::pin(async move {
+            let io = connecting.await?;
+            if io.connected().is_negotiated_h2() {
+                return Ok(io);
+            }
+            if let Some(endpoint) = endpoint {
+                speaks_h1.lock().unwrap_or_else(PoisonError::into_inner).insert(endpoint);
+            }
+            Err(Box::new(ChoseHttp1) as BoxError)
+        })
+    }
 }
 
 /// Why an upstream request failed: a connect (nothing reached the upstream), or the
@@ -168,11 +259,16 @@ impl Upstream {
                 http.enforce_http(false);
                 let name = sni.and_then(|n| ServerName::try_from(n).ok());
                 let kept = Some((Arc::new(config.clone()), name.clone()));
-                let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only();
-                let b = match name {
-                    Some(name) => b.with_server_name_resolver(FixedServerNameResolver::new(name)),
-                    None => b,
+                let tls_builder = || {
+                    let b = hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(config.clone())
+                        .https_only();
+                    match name.clone() {
+                        Some(name) => b.with_server_name_resolver(FixedServerNameResolver::new(name)),
+                        None => b,
+                    }
                 };
+                let b = tls_builder();
                 // ALPN follows the protocol: http1 offers http/1.1, http2 offers h2, auto
                 // offers both and speaks what the endpoint picks.
                 let pool = match settings.protocol {
@@ -187,7 +283,20 @@ impl Upstream {
                         Arc::clone(&stats),
                     )),
                     ClusterProtocol::Auto => {
-                        Pool::Tls(builder.build(counting_tls(b.enable_all_versions().wrap_connector(http))))
+                        let speaks_h1 = Arc::new(Mutex::new(HashSet::new()));
+                        let h2 = H2Pool::new(
+                            OnlyH2 {
+                                inner: counting_tls(b.enable_all_versions().wrap_connector(http.clone())),
+                                speaks_h1: Arc::clone(&speaks_h1),
+                            },
+                            http::uri::Scheme::HTTPS,
+                            connect_timeout,
+                            idle_timeout,
+                            Arc::clone(&stats),
+                        );
+                        let h1 =
+                            builder.build(counting_tls(tls_builder().enable_http1().wrap_connector(http)));
+                        Pool::AutoTls(Box::new(Auto { h2, h1, speaks_h1 }))
                     }
                 };
                 (pool, http::uri::Scheme::HTTPS, kept)
@@ -207,7 +316,7 @@ impl Upstream {
     }
 
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self.pool, Pool::Tls(_) | Pool::H2Tls(_))
+        matches!(self.pool, Pool::Tls(_) | Pool::H2Tls(_) | Pool::AutoTls(_))
     }
 
     /// Send `req`, whose URI names the endpoint (`scheme://endpoint/path`). Over HTTP/1.1 the
@@ -232,6 +341,7 @@ impl Upstream {
             // 8 KiB, and every future that awaits this one would carry (and move) that much.
             Pool::H2Plain(p) => Box::pin(p.request(req)).await.map(hyper_body),
             Pool::H2Tls(p) => Box::pin(p.request(req)).await.map(hyper_body),
+            Pool::AutoTls(p) => Box::pin(p.request(req)).await.map(hyper_body),
         }
     }
 }
@@ -412,6 +522,9 @@ impl<T: Connection> Connection for Counted<T> {
         self.io.connected()
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(test)]
 mod size_tests {

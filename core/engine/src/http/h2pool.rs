@@ -177,6 +177,13 @@ where
         }
     }
 
+    /// Make sure `endpoint` has a live connection (connecting when it has none), without
+    /// sending anything: `protocol: auto` learns from the connect which protocol it speaks.
+    pub(crate) async fn ready(&self, endpoint: &Authority) -> Result<(), UpstreamError> {
+        let slot = self.slot(endpoint);
+        self.sender(&slot, endpoint).await.map(|_| ())
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }

@@ -212,7 +212,9 @@ async fn forward(
         };
         // hyper-util sends HTTP/1.1 or HTTP/2 by what the pooled connection speaks.
         *req.version_mut() = Version::HTTP_11;
-        (cluster.upstream.request(req.map(Either::Left)).await, upgrade)
+        // Boxed: the common path is the one above, and this future (up to 1 KiB) would
+        // otherwise enlarge, and be copied with, every request's future.
+        (Box::pin(cluster.upstream.request(req.map(Either::Left))).await, upgrade)
     };
     match result {
         Ok(mut resp) => {
@@ -426,7 +428,8 @@ async fn tries(
         };
         let sent = async {
             match (up, &encoded) {
-                (Some(up), _) => cluster.upstream.request(up).await,
+                // Boxed, as in `forward`: rarer than our own HTTP/1.1 client, and large.
+                (Some(up), _) => Box::pin(cluster.upstream.request(up)).await,
                 (None, Some((h1, e))) => h1.send(e, endpoint).await.map(|r| r.map(UpstreamResponseBody::Own)),
                 (None, None) => unreachable!("a try has a request or an encoded one"),
             }
