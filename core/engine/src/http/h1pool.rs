@@ -48,23 +48,41 @@ const MAX_HEADERS: usize = 100;
 const MAX_TRAILERS: usize = 32;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Read at least this much room at a time.
+/// Read at least this much room at a time...
 const READ_CHUNK: usize = 16 * 1024;
+/// ...and at most this much: reads that fill their room double it up to here, so that a
+/// large body moves in few large reads (hyper's adaptive read strategy does the same).
+const MAX_READ_CHUNK: usize = 512 * 1024;
 
 /// One upstream connection and the bytes read from it and not yet used.
 #[derive(Debug)]
 struct Conn {
     io: Io,
     buf: BytesMut,
+    /// The room the next read gets (between `READ_CHUNK` and `MAX_READ_CHUNK`).
+    read_size: usize,
 }
 
 impl Conn {
+    fn new(io: Io) -> Self {
+        Self { io, buf: BytesMut::new(), read_size: READ_CHUNK }
+    }
+
     /// Read more into the buffer: the count read, 0 at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
+        if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+            self.buf.reserve(self.read_size);
         }
-        pin!(self.io.read_buf(&mut self.buf)).poll(cx)
+        let room = self.buf.capacity() - self.buf.len();
+        let read = ready!(pin!(self.io.read_buf(&mut self.buf)).poll(cx));
+        if let Ok(n) = read {
+            if n == room {
+                self.read_size = (self.read_size * 2).min(MAX_READ_CHUNK);
+            } else if n < self.read_size / 8 {
+                self.read_size = (self.read_size / 2).max(READ_CHUNK);
+            }
+        }
+        Poll::Ready(read)
     }
 
     /// Whether an idle connection may carry a request: nothing has arrived on it (neither an
@@ -191,7 +209,7 @@ impl H1Pool {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(UpstreamError::connect)?;
         let io = connector.call(uri).await.map_err(UpstreamError::connect)?;
-        Ok(Conn { io: TokioIo::new(io), buf: BytesMut::new() })
+        Ok(Conn::new(TokioIo::new(io)))
     }
 
     /// Send a request whose URI names the endpoint, with its whole body, and read the
