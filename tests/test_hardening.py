@@ -189,6 +189,10 @@ def bad_answer(head: bytes) -> bytes:
         b"/garbage": b"HELLO THERE\r\n\r\n",
         b"/bad-status": b"HTTP/1.1 2000 OK\r\ncontent-length: 2\r\n\r\nok",
         b"/obs-fold": b"HTTP/1.1 200 OK\r\nx-a: a\r\n b\r\ncontent-length: 2\r\n\r\nok",
+        # Response smuggling: read as chunked or as 5 bytes, the rest is a different answer.
+        b"/te-and-length": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+        b"content-length: 5\r\n\r\n0\r\n\r\n",
+        b"/bad-length": b"HTTP/1.1 200 OK\r\ncontent-length: -2\r\n\r\nok",
     }.get(path, OK)
 
 
@@ -199,7 +203,14 @@ def test_a_malformed_upstream_response_gets_502_for_that_request_only(
     m = mesh({"listeners": [listener("in", [route("c")])], "clusters": [cluster("c", up.address)]})
     url = m.listener("in")
     with httpx.Client(timeout=10) as client:
-        for path in ["/conflicting-length", "/huge-headers", "/garbage", "/bad-status"]:
+        for path in [
+            "/conflicting-length",
+            "/te-and-length",
+            "/bad-length",
+            "/huge-headers",
+            "/garbage",
+            "/bad-status",
+        ]:
             r = client.get(url + path)
             assert r.status_code == 502, (path, r.status_code, r.text)
             assert client.get(url + "/fine").status_code == 200  # same client, next request

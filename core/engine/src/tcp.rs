@@ -2,14 +2,14 @@
 //! server name (the TLS session is end to end; the proxy never decrypts it).
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cluster::Cluster;
+use crate::http::server::Activity;
 use crate::metrics::OpenConnection;
 
 /// Clusters by weight, for a TCP listener or an SNI route.
@@ -168,31 +168,23 @@ async fn relay(mut down: TcpStream, cluster: &Cluster, idle: Duration) -> io::Re
     let _open = OpenConnection::new(Arc::clone(stats));
     let _ = up.set_nodelay(true);
 
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
+    // Idle: no byte either way for `idle` (give or take a quarter: the watchdog looks four
+    // times per timeout, so each chunk costs one relaxed store, not a clock reading).
+    let activity = Activity::default();
     let (mut dr, mut dw) = down.split();
     let (mut ur, mut uw) = up.split();
     let both = async {
-        let (a, b) = tokio::join!(pump(&mut dr, &mut uw, &last, start), pump(&mut ur, &mut dw, &last, start));
+        let (a, b) = tokio::join!(pump(&mut dr, &mut uw, &activity), pump(&mut ur, &mut dw, &activity));
         a.and(b)
-    };
-    let watchdog = async {
-        loop {
-            let quiet = start.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-            if quiet >= idle {
-                return;
-            }
-            tokio::time::sleep(idle - quiet).await;
-        }
     };
     tokio::select! {
         r = both => r,
-        () = watchdog => Ok(()),
+        () = activity.idle(idle) => Ok(()),
     }
 }
 
 /// Copy one direction until EOF, then half-close the other side's write half.
-async fn pump<R, W>(from: &mut R, to: &mut W, last: &AtomicU64, start: Instant) -> io::Result<()>
+async fn pump<R, W>(from: &mut R, to: &mut W, activity: &Activity) -> io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -204,7 +196,7 @@ where
             return to.shutdown().await;
         }
         to.write_all(&buf[..n]).await?;
-        last.store(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        activity.touch();
     }
 }
 

@@ -153,10 +153,16 @@ pub(crate) struct Activity {
 }
 
 impl Activity {
+    /// Note that bytes moved (one relaxed store; no clock).
+    #[inline]
+    pub(crate) fn touch(&self) {
+        self.touched.store(true, Ordering::Relaxed);
+    }
+
     /// Resolves once the connection has had no request in flight and no byte either way
     /// for `timeout` (give or take a quarter of it: the watchdog looks four times per
     /// timeout, so the request path pays one relaxed store per read or write, not a clock).
-    async fn idle(&self, timeout: Duration) {
+    pub(crate) async fn idle(&self, timeout: Duration) {
         let tick = (timeout / 4).max(Duration::from_millis(1));
         let mut quiet = Duration::ZERO;
         loop {
