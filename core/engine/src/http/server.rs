@@ -1,6 +1,6 @@
-//! The server side of HTTP connections: HTTP/1.1 and HTTP/2 on one connection type, chosen
-//! by hyper-util's preface sniffing (h2c prior knowledge) or by TLS ALPN, with upgrades;
-//! each listener's limits applied (http/limits.rs), and idle connections closed.
+//! The server side of HTTP connections: HTTP/1.1 (with upgrades) or HTTP/2, chosen by the
+//! connection's first bytes (h2c prior knowledge) or by TLS ALPN; each listener's limits
+//! applied (http/limits.rs), and idle connections closed.
 
 use std::io;
 use std::pin::Pin;
@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::limits::HttpLimits;
 use crate::listener::Stop;
@@ -25,20 +26,25 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// hyper's own HTTP/1 header count without a `max_headers` call (parsed on the stack).
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
-/// One listener's HTTP server settings: hyper's builder made from its limits, and the idle
+/// The HTTP/2 connection preface (RFC 9113 §3.4), which tells h2c by prior knowledge apart.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The first read of a sniffed connection: room for a whole ordinary request head.
+const FIRST_READ: usize = 4096;
+
+/// One listener's HTTP server settings: hyper's builders made from its limits, and the idle
 /// timeout this module enforces itself (hyper has none for servers).
 #[derive(Debug)]
 pub(crate) struct HttpServer {
-    builder: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
 }
 
 impl HttpServer {
     pub(crate) fn new(limits: &HttpLimits) -> Self {
-        let mut b = auto::Builder::new(TokioExecutor::new());
         let header_bytes = limits.max_header_bytes as usize;
+        let mut h1 = http1::Builder::new();
         {
-            let mut h1 = b.http1();
             h1.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .keep_alive(true)
@@ -51,11 +57,11 @@ impl HttpServer {
                 h1.max_headers(limits.max_headers);
             }
         }
-        b.http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)
             .max_header_list_size(limits.max_header_bytes);
-        Self { builder: b, idle_timeout: limits.idle_timeout }
+        Self { h1, h2, idle_timeout: limits.idle_timeout }
     }
 
     /// Serve one connection until it ends, until `stop` fires and its in-flight requests end,
@@ -79,40 +85,129 @@ impl HttpServer {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let activity = Arc::new(Activity::default());
-        let io = TokioIo::new(Tracked { inner: io, activity: Arc::clone(&activity) });
+        let mut io = Tracked { inner: io, activity: Arc::clone(&activity) };
+        // --- HTTP/1.1 or HTTP/2: ALPN said, or the first bytes say (bounded like the rest of
+        // the connection by the stop and the idle timeout) ---
+        let (h2, first) = if h2_only {
+            (true, Bytes::new())
+        } else {
+            let sniffed = tokio::select! {
+                r = sniff(&mut io) => r,
+                () = stop.wait() => return,
+                () = activity.idle(self.idle_timeout) => return,
+            };
+            match sniffed {
+                Ok(Some(found)) => found,
+                // Closed (or failed) before saying anything.
+                Ok(None) | Err(_) => return,
+            }
+        };
+        let io = TokioIo::new(Rewind { first, inner: io });
         let service = Counted { inner: service, activity: Arc::clone(&activity) };
-        // The two connection types (HTTP/2 only, or sniffed with upgrades) share no trait
-        // with `graceful_shutdown`, so one macro serves both the same way.
+        // The two connection types share no trait with `graceful_shutdown`, so one macro
+        // serves both the same way.
         macro_rules! run_until_stopped {
             ($conn:expr) => {{
                 let conn = $conn;
                 tokio::pin!(conn);
                 tokio::select! {
-                    r = conn.as_mut() => r,
+                    r = conn.as_mut() => r.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into),
                     () = stop.wait() => {
                         conn.as_mut().graceful_shutdown();
-                        conn.await
+                        conn.await.map_err(Into::into)
                     }
                     () = activity.idle(self.idle_timeout) => {
                         conn.as_mut().graceful_shutdown();
                         // Nothing is in flight: HTTP/1 closes at once; HTTP/2 waits for the
                         // client's PING answer, which a hostile client never sends.
-                        tokio::time::timeout(self.idle_timeout.min(IDLE_CLOSE_GRACE), conn).await.unwrap_or(Ok(()))
+                        tokio::time::timeout(self.idle_timeout.min(IDLE_CLOSE_GRACE), conn).await.unwrap_or(Ok(())).map_err(Into::into)
                     }
                 }
             }};
         }
-        let result = if h2_only {
-            let h2 = self.builder.clone().http2_only();
-            run_until_stopped!(h2.serve_connection(io, service))
+        let result = if h2 {
+            run_until_stopped!(self.h2.serve_connection(io, service))
         } else {
-            run_until_stopped!(self.builder.serve_connection_with_upgrades(io, service))
+            run_until_stopped!(self.h1.serve_connection(io, service).with_upgrades())
         };
         if let (Err(e), Some(errors)) = (result, errors) {
             if let Some(kind) = classify(&*e) {
                 errors.inc(kind);
             }
         }
+    }
+}
+
+/// Read a connection's first bytes and tell HTTP/2's preface from an HTTP/1 request:
+/// `(is_h2, the bytes read)`, or None if the connection closed first. By hand rather than
+/// hyper-util's auto server, which reads exactly 24 bytes first: one more system call on
+/// every plaintext HTTP/1 connection. This reads what has arrived (usually the whole head),
+/// and the chosen server reads it back through [`Rewind`].
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<(bool, Bytes)>> {
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    loop {
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some((false, buf.freeze())));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some((true, buf.freeze())));
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(FIRST_READ);
+        }
+    }
+}
+
+/// A transport that first hands back the bytes the sniffing read.
+struct Rewind<I> {
+    first: Bytes,
+    inner: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.first.is_empty() {
+            let n = this.first.len().min(buf.remaining());
+            buf.put_slice(&this.first[..n]);
+            this.first.advance(n);
+            if this.first.is_empty() {
+                // Let the sniffing buffer go now, not with the connection.
+                this.first = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -31,3 +31,35 @@ async fn idle_waits_out_activity_and_in_flight_requests() {
 fn classify_counts_only_the_clients_faults() {
     assert_eq!(classify(&std::io::Error::other("reset")), None);
 }
+
+#[tokio::test]
+async fn sniffing_tells_the_http2_preface_from_http1_and_gives_the_bytes_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // HTTP/1: decided at the first byte that differs; everything read comes back first.
+    let (mut client, mut server) = tokio::io::duplex(1024);
+    client.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    let (h2, first) = sniff(&mut server).await.unwrap().unwrap();
+    assert!(!h2);
+    client.write_all(b"next").await.unwrap();
+    drop(client);
+    let mut all = Vec::new();
+    Rewind { first, inner: server }.read_to_end(&mut all).await.unwrap();
+    assert_eq!(all, b"GET / HTTP/1.1\r\nhost: a\r\n\r\nnext");
+
+    // The preface in two pieces: not decided until all 24 bytes are in.
+    let (mut client, mut server) = tokio::io::duplex(1024);
+    let sniffing = tokio::spawn(async move { sniff(&mut server).await.unwrap() });
+    client.write_all(&H2_PREFACE[..10]).await.unwrap();
+    tokio::task::yield_now().await;
+    client.write_all(&H2_PREFACE[10..]).await.unwrap();
+    let (h2, first) = sniffing.await.unwrap().unwrap();
+    assert!(h2);
+    assert_eq!(&first[..], &H2_PREFACE[..]);
+
+    // Closed before a whole preface: nothing to serve.
+    let (mut client, mut server) = tokio::io::duplex(1024);
+    client.write_all(b"PRI * HTTP").await.unwrap();
+    drop(client);
+    assert!(sniff(&mut server).await.unwrap().is_none());
+}
