@@ -23,6 +23,8 @@ mod policy;
 mod router;
 mod tables;
 mod tcp;
+#[cfg(test)]
+mod testing;
 mod tls;
 
 pub use engine::{Engine, EngineOptions};

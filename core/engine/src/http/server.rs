@@ -85,7 +85,7 @@ impl HttpServer {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let activity = Arc::new(Activity::default());
-        let mut io = Tracked { inner: io, activity: Arc::clone(&activity) };
+        let mut io = Tracked { inner: io, activity: Arc::clone(&activity), first: Bytes::new() };
         // --- HTTP/1.1 or HTTP/2: ALPN said, or the first bytes say (bounded like the rest of
         // the connection by the stop and the idle timeout) ---
         let (h2, first) = if h2_only {
@@ -102,7 +102,8 @@ impl HttpServer {
                 Ok(None) | Err(_) => return,
             }
         };
-        let io = TokioIo::new(Rewind { first, inner: io });
+        io.first = first;
+        let io = TokioIo::new(io);
         let service = Counted { inner: service, activity: Arc::clone(&activity) };
         // The two connection types share no trait with `graceful_shutdown`, so one macro
         // serves both the same way.
@@ -142,7 +143,7 @@ impl HttpServer {
 /// `(is_h2, the bytes read)`, or None if the connection closed first. By hand rather than
 /// hyper-util's auto server, which reads exactly 24 bytes first: one more system call on
 /// every plaintext HTTP/1 connection. This reads what has arrived (usually the whole head),
-/// and the chosen server reads it back through [`Rewind`].
+/// and the chosen server reads it back first (`Tracked::first`).
 async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<(bool, Bytes)>> {
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
@@ -159,55 +160,6 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<(bool, Byt
         if buf.len() == buf.capacity() {
             buf.reserve(FIRST_READ);
         }
-    }
-}
-
-/// A transport that first hands back the bytes the sniffing read.
-struct Rewind<I> {
-    first: Bytes,
-    inner: I,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.first.is_empty() {
-            let n = this.first.len().min(buf.remaining());
-            buf.put_slice(&this.first[..n]);
-            this.first.advance(n);
-            if this.first.is_empty() {
-                // Let the sniffing buffer go now, not with the connection.
-                this.first = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -272,15 +224,27 @@ impl Activity {
     }
 }
 
-/// The connection's transport, marking `activity` when bytes move.
+/// The connection's transport, marking `activity` when bytes move, and handing back first
+/// the bytes that the sniffing read (`first`).
 struct Tracked<I> {
     inner: I,
     activity: Arc<Activity>,
+    first: Bytes,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.first.is_empty() {
+            let n = this.first.len().min(buf.remaining());
+            buf.put_slice(&this.first[..n]);
+            this.first.advance(n);
+            if this.first.is_empty() {
+                // Let the sniffing buffer go now, not with the connection.
+                this.first = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() != before {

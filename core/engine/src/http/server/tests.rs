@@ -44,7 +44,8 @@ async fn sniffing_tells_the_http2_preface_from_http1_and_gives_the_bytes_back() 
     client.write_all(b"next").await.unwrap();
     drop(client);
     let mut all = Vec::new();
-    Rewind { first, inner: server }.read_to_end(&mut all).await.unwrap();
+    let mut io = Tracked { inner: server, activity: Arc::default(), first };
+    io.read_to_end(&mut all).await.unwrap();
     assert_eq!(all, b"GET / HTTP/1.1\r\nhost: a\r\n\r\nnext");
 
     // The preface in two pieces: not decided until all 24 bytes are in.
