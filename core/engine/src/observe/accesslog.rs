@@ -224,6 +224,8 @@ fn write_loop(rx: &Receiver<Entry>, mut out: Box<dyn Write + Send>, dropped: &Co
             }
         }
         batch.write(&mut out, dropped);
+        // Not synchronisation: the writer drains on a timer by design (see above: a writer
+        // blocked in `recv` made every request pay a wake-up).
         std::thread::sleep(DRAIN_EVERY);
     }
 }

@@ -187,6 +187,7 @@ fn each_limit_answers_its_status_and_counts_it() {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "{kind}: {got} in {text}");
+            // Poll interval of a bounded wait: the count moves when the connection's task ends.
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -216,6 +217,7 @@ fn a_slow_header_sender_is_cut_at_the_header_read_timeout() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !e.metrics_text().contains(r#"kind="header_timeout"} 1"#) {
         assert!(std::time::Instant::now() < deadline, "{}", e.metrics_text());
+        // Poll interval of a bounded wait: counted when the connection's task ends.
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -250,6 +252,7 @@ fn request_body_bytes_count_into_the_route_sized_or_chunked() {
     let line = "pymesh_request_bytes_total{listener=\"in\",route=\"all\"}";
     while metric(&e, line) < 33 {
         assert!(std::time::Instant::now() < deadline, "{}", e.metrics_text());
+        // Poll interval of a bounded wait: counted when the connection's task ends.
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(metric(&e, line), 33);
@@ -257,6 +260,7 @@ fn request_body_bytes_count_into_the_route_sized_or_chunked() {
     assert_eq!(metric(&e, code), 3);
     while metric(&e, "pymesh_downstream_connections_closed_total{listener=\"in\"}") < 3 {
         assert!(std::time::Instant::now() < deadline, "{}", e.metrics_text());
+        // Poll interval of a bounded wait: counted when the connection's task ends.
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(metric(&e, "pymesh_request_duration_seconds_count{listener=\"in\",route=\"all\"}"), 3);

@@ -170,6 +170,7 @@ fn records_reach_the_file_and_one_path_has_one_writer() {
             break;
         }
         assert!(Instant::now() < deadline, "two lines never arrived: {text:?}");
+        // Poll interval of a bounded wait: the writer thread drains every 20 ms.
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(dropped.get(), 0);

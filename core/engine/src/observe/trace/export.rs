@@ -158,6 +158,8 @@ impl Exporter {
                 spans = 0;
                 deadline = None;
             }
+            // Not synchronisation: the exporter drains on a timer by design, as the access
+            // log's writer does (a blocked receiver made every request pay a wake-up).
             std::thread::sleep(poll);
         }
     }

@@ -457,6 +457,7 @@ fn the_exporter_posts_otlp_protobuf_to_the_collector() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while stats.spans_exported.get() < 2 {
         assert!(Instant::now() < deadline, "the export was not counted");
+        // Poll interval of a bounded wait: the exporter thread counts after its POST.
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(stats.spans_dropped.get(), 0);
@@ -479,6 +480,7 @@ fn a_dead_collector_costs_dropped_spans_not_time() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while stats.export_failures.get() == 0 {
         assert!(Instant::now() < deadline, "the failed export was not counted");
+        // Poll interval of a bounded wait: the exporter thread counts after its POST.
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(stats.spans_dropped.get() >= 2);
