@@ -9,10 +9,11 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::uri::Authority;
 use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -84,12 +85,13 @@ enum Pool {
 struct Auto {
     h2: H2Pool<OnlyH2<CountingConnector<HttpsConnector<HttpConnector>>>>,
     h1: Client<CountingConnector<HttpsConnector<HttpConnector>>, OutgoingBody>,
-    speaks_h1: Arc<Mutex<HashSet<Authority>>>,
+    speaks_h1: Arc<ArcSwap<HashSet<Authority>>>,
 }
 
 impl Auto {
     fn speaks_h1(&self, endpoint: &Authority) -> bool {
-        self.speaks_h1.lock().unwrap_or_else(PoisonError::into_inner).contains(endpoint)
+        // Read without a lock on every request; written once per HTTP/1.1 endpoint.
+        self.speaks_h1.load().contains(endpoint)
     }
 
     async fn request(
@@ -116,7 +118,7 @@ impl Auto {
 #[derive(Debug, Clone)]
 struct OnlyH2<C> {
     inner: C,
-    speaks_h1: Arc<Mutex<HashSet<Authority>>>,
+    speaks_h1: Arc<ArcSwap<HashSet<Authority>>>,
 }
 
 /// The error of a connection on which the endpoint did not choose HTTP/2.
@@ -155,7 +157,11 @@ where
                 return Ok(io);
             }
             if let Some(endpoint) = endpoint {
-                speaks_h1.lock().unwrap_or_else(PoisonError::into_inner).insert(endpoint);
+                speaks_h1.rcu(|known| {
+                    let mut known = HashSet::clone(known);
+                    known.insert(endpoint.clone());
+                    known
+                });
             }
             Err(Box::new(ChoseHttp1) as BoxError)
         })
@@ -283,7 +289,7 @@ impl Upstream {
                         Arc::clone(&stats),
                     )),
                     ClusterProtocol::Auto => {
-                        let speaks_h1 = Arc::new(Mutex::new(HashSet::new()));
+                        let speaks_h1 = Arc::new(ArcSwap::default());
                         let h2 = H2Pool::new(
                             OnlyH2 {
                                 inner: counting_tls(b.enable_all_versions().wrap_connector(http.clone())),

@@ -17,9 +17,9 @@
 //! hyper's client (client.rs chooses).
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -94,8 +94,9 @@ impl Conn {
     }
 }
 
-/// An endpoint's idle connections, each with the time it went idle, most recent last.
-type Slots = Vec<(Authority, Vec<(Instant, Conn)>)>;
+/// An endpoint's idle connections, each with the pool's clock when it went idle (ms), most
+/// recent last.
+type Slots = Vec<(Authority, Vec<(u64, Conn)>)>;
 
 /// Idle connections by endpoint. A list, not a map: a cluster has few endpoints, and
 /// comparing a few authorities costs less than hashing one.
@@ -106,6 +107,12 @@ struct Idle {
     timeout: Duration,
     /// Whether the task that closes expired idle connections runs.
     reaping: AtomicBool,
+    /// A coarse clock, in ms since `born`, that the reaping task advances every `tick`: the
+    /// request path reads this instead of the system clock when it pools or takes a
+    /// connection.
+    clock_ms: AtomicU64,
+    born: Instant,
+    tick: Duration,
 }
 
 impl Idle {
@@ -117,8 +124,9 @@ impl Idle {
     fn checkout(&self, endpoint: &Authority) -> Option<Conn> {
         let mut slots = self.lock();
         let (_, idle) = slots.iter_mut().find(|(a, _)| a == endpoint)?;
+        let now = self.clock_ms.load(Ordering::Relaxed);
         while let Some((since, mut conn)) = idle.pop() {
-            if since.elapsed() < self.timeout && conn.reusable() {
+            if self.fresh(since, now) && conn.reusable() {
                 return Some(conn);
             }
         }
@@ -129,7 +137,7 @@ impl Idle {
         if self.max_per_endpoint == 0 {
             return;
         }
-        let now = Instant::now();
+        let now = self.clock_ms.load(Ordering::Relaxed);
         {
             let mut slots = self.lock();
             let i = match slots.iter().position(|(a, _)| a == endpoint) {
@@ -150,24 +158,34 @@ impl Idle {
         }
     }
 
-    /// Close the connections idle for longer than the timeout.
+    /// Whether a connection pooled at `since` is surely idle for less than the timeout at
+    /// `now` (both on the coarse clock, which lags by up to one tick).
+    fn fresh(&self, since: u64, now: u64) -> bool {
+        let tick = u64::try_from(self.tick.as_millis()).unwrap_or(u64::MAX);
+        let timeout = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(since).saturating_add(tick) < timeout
+    }
+
+    /// Advance the coarse clock and close the connections idle for longer than the timeout.
     fn expire(&self) {
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock_ms.store(now, Ordering::Relaxed);
         let mut slots = self.lock();
         for (_, idle) in slots.iter_mut() {
-            idle.retain(|(since, _)| since.elapsed() < self.timeout);
+            idle.retain(|(since, _)| self.fresh(*since, now));
         }
         slots.retain(|(_, idle)| !idle.is_empty());
     }
 }
 
-/// Close expired idle connections every half timeout, while the pool lives.
+/// Advance the pool's clock and close expired idle connections every tick, while the pool
+/// lives.
 async fn reap(idle: Weak<Idle>) {
-    let Some(every) = idle.upgrade().map(|i| (i.timeout / 2).max(Duration::from_millis(50))) else {
+    let Some(every) = idle.upgrade().map(|i| i.tick) else {
         return;
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     loop {
         tick.tick().await;
         match idle.upgrade() {
@@ -195,6 +213,11 @@ impl H1Pool {
             max_per_endpoint: max_idle_per_endpoint,
             timeout: idle_timeout,
             reaping: AtomicBool::new(false),
+            clock_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            // Fine enough that a connection is never kept much past its timeout, coarse
+            // enough to cost nothing: one wake-up per second at most.
+            tick: (idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1)),
         };
         Self { connector, idle: Arc::new(idle) }
     }
@@ -342,9 +365,8 @@ impl Encoded {
             || headers.contains_key(CONTENT_LENGTH)
             || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
         if says_length {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(body.len().to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
+            // Written into the head itself (no String for the number).
+            let _ = write!(out, "content-length: {}\r\n", body.len());
         }
         out.extend_from_slice(b"\r\n");
         Some(Self { head: out, body, is_head: *method == Method::HEAD, replayable: is_idempotent(method) })

@@ -94,10 +94,14 @@ async fn read_request(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Op
 }
 
 fn upstream() -> Upstream {
+    upstream_idle(Duration::from_secs(30))
+}
+
+fn upstream_idle(idle_timeout: Duration) -> Upstream {
     let settings = PoolSettings {
         connect_timeout: Duration::from_secs(2),
         max_idle_per_endpoint: 4,
-        idle_timeout: Duration::from_secs(30),
+        idle_timeout,
         protocol: ClusterProtocol::Http1,
         max_connections: None,
     };
@@ -292,4 +296,19 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
     drop(first);
     assert_eq!(collect(up.request(request(s.addr, Method::GET, b"")).await.unwrap()).await.unwrap().0, "ok");
     assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_the_pool_timeout_is_closed_not_reused() {
+    let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let s = scripted(vec![Answer::Send(ok), Answer::Send(ok), Answer::Send(ok)]).await;
+    let up = upstream_idle(Duration::from_millis(200));
+    collect(up.request(request(s.addr, Method::GET, b"")).await.unwrap()).await.unwrap();
+    // Within the timeout: reused.
+    collect(up.request(request(s.addr, Method::GET, b"")).await.unwrap()).await.unwrap();
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+    // Not synchronisation: the test needs the idle timeout (200 ms) to pass.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    collect(up.request(request(s.addr, Method::GET, b"")).await.unwrap()).await.unwrap();
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 2, "the expired connection was not reused");
 }
