@@ -13,7 +13,6 @@
 //! adds `echo-header-a` and `echo-header-b` with the values of request headers `a` and `b`
 //! (several values joined by `, `; a header the request lacks is left out).
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -23,7 +22,9 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::http::limits::{DownstreamBodyError, RequestBody};
 
 use crate::http::limits::HttpLimits;
 
@@ -103,14 +104,11 @@ fn parse_duration(v: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_DELAY.as_secs_f64())))
 }
 
-pub(crate) async fn respond(
-    echo: Arc<Echo>,
-    req: Request<Incoming>,
-) -> Result<Response<EchoBody>, Infallible> {
+pub(crate) async fn respond(echo: Arc<Echo>, req: Request<RequestBody>) -> Response<EchoBody> {
     let query = match parse_query(req.uri().query().unwrap_or("")) {
         Ok(q) => q,
         Err(msg) => {
-            return Ok(reply(&echo, StatusCode::BAD_REQUEST, EchoBody::Full(Some(Bytes::from(msg + "\n")))))
+            return reply(&echo, StatusCode::BAD_REQUEST, EchoBody::Full(Some(Bytes::from(msg + "\n"))))
         }
     };
     if let Some(delay) = query.delay {
@@ -118,7 +116,7 @@ pub(crate) async fn respond(
     }
     let status = query.status.unwrap_or(StatusCode::OK);
     if req.uri().path() == "/healthz" {
-        return Ok(reply(&echo, StatusCode::OK, EchoBody::Full(Some(Bytes::from_static(b"ok\n")))));
+        return reply(&echo, StatusCode::OK, EchoBody::Full(Some(Bytes::from_static(b"ok\n"))));
     }
     let seen = seen_headers(&req, query.echo_headers.as_deref());
     let no_body = req.method() == Method::HEAD
@@ -133,7 +131,7 @@ pub(crate) async fn respond(
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(f) => received += f.data_ref().map_or(0, |d| d.len() as u64),
-                Err(_) => return Ok(reply(&echo, StatusCode::BAD_REQUEST, EchoBody::Full(None))),
+                Err(_) => return reply(&echo, StatusCode::BAD_REQUEST, EchoBody::Full(None)),
             }
         }
         reply(&echo, status, EchoBody::Full(Some(Bytes::from(format!("received {received}\n")))))
@@ -152,7 +150,7 @@ pub(crate) async fn respond(
         reply(&echo, status, body)
     };
     resp.headers_mut().extend(seen);
-    Ok(resp)
+    resp
 }
 
 /// The `echo-*` headers that report what the request looked like on arrival.
@@ -214,17 +212,17 @@ fn chunk() -> &'static Bytes {
 pub(crate) enum EchoBody {
     Full(Option<Bytes>),
     Sized { remaining: u64 },
-    Echo(Incoming),
+    Echo(RequestBody),
 }
 
 impl Body for EchoBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = DownstreamBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, DownstreamBodyError>>> {
         match self.get_mut() {
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Self::Sized { remaining } => {

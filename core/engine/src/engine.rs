@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
 use serde_json::{json, Map, Value};
 
 use crate::config::Snapshot;
@@ -244,8 +243,8 @@ impl Engine {
             let echo = Arc::clone(&echo);
             let http = Arc::clone(&http);
             async move {
-                let service = service_fn(move |req| echo::respond(Arc::clone(&echo), req));
-                http.serve(stream, service, false, stop, None).await;
+                let handle = move |req| Box::pin(echo::respond(Arc::clone(&echo), req));
+                http.serve(stream, handle, false, false, stop, None).await;
             }
         })
         .map_err(|e| Error::internal(format!("cannot serve echo: {e}")))?;

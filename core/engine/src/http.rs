@@ -4,6 +4,7 @@
 pub(crate) mod actions;
 pub(crate) mod client;
 pub(crate) mod h1pool;
+pub(crate) mod h1server;
 pub(crate) mod h2pool;
 pub(crate) mod headers;
 pub(crate) mod limits;

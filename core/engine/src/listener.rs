@@ -1,20 +1,19 @@
 //! Sockets and accept loops: bind, accept, hand each connection to a handler, and stop on a
 //! signal. What a connection speaks (HTTP, TCP, TLS passthrough) is the handler's business.
 
-use std::convert::Infallible;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-
-use hyper::service::service_fn;
 
 use crate::engine::Shared;
-use crate::http::limits::{self, Refusals};
+use crate::http::limits::{self, Refusals, RequestBody};
 use crate::http::proxy;
 use crate::metrics::{Gauge, GaugeGuard, ListenerStats};
 use crate::observe::{Exchange, Flags};
@@ -68,21 +67,114 @@ fn new_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
 }
 
 /// Tells a connection's handler to finish: stop taking requests, complete the ones in flight.
-#[derive(Debug, Clone)]
-pub(crate) struct Stop(watch::Receiver<bool>);
+///
+/// By hand rather than a `watch` channel or `Notify`: a connection polls its stop on every
+/// wake-up of its task (each `select!` does), and a waiting `Notify` takes its mutex — one
+/// mutex for all of a listener's connections — on every poll. This one reads an atomic flag
+/// and takes the lock only to register a connection's waker, once.
+#[derive(Debug)]
+pub(crate) struct Stop {
+    signal: Arc<StopSignal>,
+    /// This handle's key in `signal.waiters` and the waker stored there, once registered.
+    registered: Option<(u64, Waker)>,
+}
 
-impl Stop {
-    /// Resolves once the stop flag is set (or its sender is gone, which also means stop).
-    pub(crate) async fn wait(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
+#[derive(Debug, Default)]
+struct StopSignal {
+    stopped: AtomicBool,
+    next_key: AtomicU64,
+    waiters: Mutex<HashMap<u64, Waker>>,
+}
+
+impl StopSignal {
+    fn fire(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(PoisonError::into_inner));
+        for waker in waiters.into_values() {
+            waker.wake();
+        }
     }
 }
 
-/// A running accept loop. Dropping the handle does not stop it: call [`Server::stop`].
+impl Clone for Stop {
+    fn clone(&self) -> Self {
+        Self { signal: Arc::clone(&self.signal), registered: None }
+    }
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        if let Some((key, _)) = self.registered.take() {
+            self.signal.waiters.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+        }
+    }
+}
+
+impl Stop {
+    /// A stop flag and the handle that fires it.
+    fn new() -> (StopSender, Self) {
+        let signal = Arc::new(StopSignal::default());
+        (StopSender(Arc::clone(&signal)), Self { signal, registered: None })
+    }
+
+    /// Resolves once the stop flag is set (or its sender is gone, which also means stop).
+    pub(crate) async fn wait(&mut self) {
+        std::future::poll_fn(|cx| self.poll_stopped(cx)).await;
+    }
+
+    fn poll_stopped(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.stopped.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if !self.registered.as_ref().is_some_and(|(_, w)| w.will_wake(cx.waker())) {
+            let mut waiters = self.signal.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            // Checked again under the lock: `fire` sets the flag before it takes the lock.
+            if self.signal.stopped.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            let key = match &self.registered {
+                Some((key, _)) => *key,
+                None => self.signal.next_key.fetch_add(1, Ordering::Relaxed),
+            };
+            waiters.insert(key, cx.waker().clone());
+            self.registered = Some((key, cx.waker().clone()));
+        }
+        Poll::Pending
+    }
+
+    /// A stop flag of its own for a test, and the sender that sets it.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> (StopSender, Self) {
+        Self::new()
+    }
+
+    /// Whether the stop flag is set now (no waiting).
+    pub(crate) fn is_set(&self) -> bool {
+        self.signal.stopped.load(Ordering::Acquire)
+    }
+}
+
+/// Fires its `Stop`s when told to, or when dropped.
+#[derive(Debug)]
+pub(crate) struct StopSender(Arc<StopSignal>);
+
+impl StopSender {
+    pub(crate) fn fire(&self) {
+        self.0.fire();
+    }
+}
+
+impl Drop for StopSender {
+    fn drop(&mut self) {
+        self.0.fire();
+    }
+}
+
+/// A running accept loop. Dropping the handle stops it, as [`Server::stop`] does.
 #[derive(Debug)]
 pub(crate) struct Server {
     pub(crate) addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: StopSender,
     pub(crate) active: Arc<Gauge>,
 }
 
@@ -90,7 +182,7 @@ impl Server {
     /// Stop accepting (the socket closes) and tell every open connection to finish its
     /// in-flight requests and close; idle keep-alive connections close at once.
     pub(crate) fn stop(&self) {
-        self.stop.send_replace(true);
+        self.stop.fire();
     }
 }
 
@@ -110,17 +202,11 @@ where
         return Err(std::io::Error::other("no socket to serve"));
     };
     let addr = first.local_addr()?;
-    let (stop, stopped) = watch::channel(false);
+    let (stop, stopped) = Stop::new();
     let handle = Arc::new(handle);
     for socket in sockets {
         let listener = TcpListener::from_std(socket)?;
-        accept_loop(
-            listener,
-            Stop(stopped.clone()),
-            Arc::clone(&active),
-            accepted.clone(),
-            Arc::clone(&handle),
-        );
+        accept_loop(listener, stopped.clone(), Arc::clone(&active), accepted.clone(), Arc::clone(&handle));
     }
     Ok(Server { addr, stop, active })
 }
@@ -192,7 +278,7 @@ pub(crate) async fn proxy_connection(
             let service = {
                 let shared = Arc::clone(&shared);
                 let kind = Arc::clone(&kind);
-                service_fn(move |mut req| {
+                move |mut req: http::Request<RequestBody>| {
                     let ListenerKind::Http(http) = &*kind else { unreachable!("an http listener") };
                     // --- observability: the exchange records the request from its head on ---
                     let mut ex = Exchange::begin(&http.observe, &shared.tap, &mut req, peer);
@@ -201,7 +287,7 @@ pub(crate) async fn proxy_connection(
                     let admitted = limits::admit(req, &http.limits, &refusals);
                     let shared = Arc::clone(&shared);
                     let kind = Arc::clone(&kind);
-                    // Boxed: hyper keeps the service's future inline in every connection's
+                    // Boxed: the server keeps the answer's future inline in every connection's
                     // state and moves it there per request; boxed, an idle connection holds
                     // a pointer instead of the whole request path's state (about 5 KiB).
                     Box::pin(async move {
@@ -217,19 +303,19 @@ pub(crate) async fn proxy_connection(
                                         ex.flags.set(Flags::DOWNSTREAM_PROTOCOL_ERROR);
                                     }
                                 }
-                                Ok::<_, Infallible>(ex.finish(resp))
+                                ex.finish(resp)
                             }
                             Err(resp) => {
                                 ex.flags.set(Flags::DOWNSTREAM_PROTOCOL_ERROR);
-                                Ok(ex.finish(resp))
+                                ex.finish(resp)
                             }
                         }
                     })
-                })
+                }
             };
             let errors = Some(&http.stats.protocol_errors);
             match &http.tls {
-                None => http.server.serve(stream, service, false, stop, errors).await,
+                None => http.server.serve(stream, service, false, false, stop, errors).await,
                 Some(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
                     let handshake =
@@ -241,7 +327,7 @@ pub(crate) async fn proxy_connection(
                         return;
                     };
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    http.server.serve(tls, service, h2, stop, errors).await;
+                    http.server.serve(tls, service, true, h2, stop, errors).await;
                 }
             }
         }
@@ -252,8 +338,41 @@ pub(crate) async fn proxy_connection(
 
 #[cfg(test)]
 mod tests {
-    use super::bind;
+    use super::{bind, Stop};
     use std::net::SocketAddr;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_stop_wakes_every_waiter_once_and_forgets_the_dropped_ones() {
+        let (sender, stop) = Stop::new();
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let mut s = stop.clone();
+                tokio::spawn(async move { s.wait().await })
+            })
+            .collect();
+        let mut gone = stop.clone();
+        // Registered once each, however often polled; a dropped handle leaves no waker.
+        for _ in 0..3 {
+            assert!(tokio::time::timeout(Duration::from_millis(5), gone.wait()).await.is_err());
+        }
+        assert_eq!(stop.signal.waiters.lock().unwrap().len(), 4);
+        drop(gone);
+        assert_eq!(stop.signal.waiters.lock().unwrap().len(), 3);
+        assert!(!stop.is_set());
+        sender.fire();
+        for w in waiting {
+            tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
+        }
+        assert!(stop.is_set());
+        // A handle made or first polled after the stop is stopped at once.
+        stop.clone().wait().await;
+
+        // Dropping the sender stops too.
+        let (sender, mut stop) = Stop::new();
+        drop(sender);
+        stop.wait().await;
+    }
 
     #[test]
     fn one_port_many_sockets_and_no_stranger_may_join() {

@@ -35,6 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_service::Service;
 
 use super::client::{Counted, CountingConnector, UpstreamError};
+use super::headers::has_token;
 
 /// The transport of a plaintext upstream connection, counted while open (client.rs).
 type Io = TokioIo<Counted<TokioIo<tokio::net::TcpStream>>>;
@@ -525,10 +526,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, io::Error> {
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// Whether the last item of a comma-separated header value is `token` (case-insensitive).
 fn last_token_is(value: &[u8], token: &[u8]) -> bool {
     value.rsplit(|&b| b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))

@@ -13,26 +13,53 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static("keep-alive"),
 ];
 
-/// Remove hop-by-hop headers in place. The common case (a request with no `Connection`
-/// header) costs a handful of hash lookups and no allocation.
+/// Remove hop-by-hop headers in place. One pass over the names comes first: most messages
+/// carry none of them, or only `Connection` (every keep-alive response of an HTTP/1.1
+/// upstream), and the pass costs less than a hash lookup per hop-by-hop name.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(listed) = headers.get(header::CONNECTION) {
-        if let Ok(listed) = listed.to_str() {
-            let named: Vec<HeaderName> =
-                listed.split(',').filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()).collect();
-            for name in named {
-                headers.remove(name);
-            }
+    let mut connection = false;
+    let mut others = false;
+    for (name, value) in headers.iter() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if HOP_BY_HOP.contains(name)
+            || name == "proxy-connection"
+            // `TE: trailers` is the one TE that HTTP/2 allows, and gRPC needs it end to end.
+            || (name == header::TE && value != "trailers")
+        {
+            others = true;
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if connection {
+        // Names the `Connection` header lists go too; its own tokens need no lookup.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
     }
-    // `TE: trailers` is the one TE that HTTP/2 allows, and gRPC needs it end to end.
-    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
-        headers.remove(header::TE);
+    if others {
+        for name in &HOP_BY_HOP[1..] {
+            headers.remove(name);
+        }
+        if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+            headers.remove(header::TE);
+        }
+        headers.remove("proxy-connection");
     }
-    headers.remove("proxy-connection");
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -56,6 +83,33 @@ mod tests {
         assert_eq!(left.len(), 2, "{left:?}");
         assert!(h.contains_key(header::HOST));
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn each_kind_of_message_loses_exactly_its_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), [header::CONTENT_LENGTH]);
+
+        // No `Connection`, yet a hop-by-hop header: still removed.
+        let mut h = HeaderMap::new();
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(header::DATE, HeaderValue::from_static("now"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), [header::DATE]);
+
+        // Two `Connection` headers: what both list goes.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close, x-a"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-b"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        h.insert("x-c", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-c"]);
     }
 
     #[test]

@@ -100,10 +100,12 @@ impl Refusals<'_> {
 }
 
 /// Check a request against the listener's limits and the Host rules hyper leaves to us:
-/// the request to route (its body counted against the limit), or the local answer.
+/// the request to route (its body counted against the limit), or the local answer. hyper's
+/// requests and those of our own HTTP/1.1 server (http/h1server.rs, bodiless) both come
+/// here, their bodies already wrapped (`RequestBody::new`, `RequestBody::empty`).
 #[allow(clippy::result_large_err, reason = "the Err is the answer itself, built once and moved out")]
 pub(crate) fn admit(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     limits: &HttpLimits,
     refusals: &Refusals<'_>,
 ) -> Result<Request<RequestBody>, Response<ProxyBody>> {
@@ -138,7 +140,7 @@ pub(crate) fn admit(
             ));
         }
     }
-    Ok(req.map(|inner| RequestBody { inner, remaining: limits.max_body, read: 0, stats: None }))
+    Ok(req)
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host, and a proxy given an
@@ -205,7 +207,8 @@ fn is_host(b: &[u8]) -> bool {
 /// and its bytes counted into the route's `request_bytes` once routing hands it the route.
 #[derive(Debug)]
 pub(crate) struct RequestBody {
-    inner: Incoming,
+    /// None: no body at all (a bodiless request read by our own HTTP/1.1 server).
+    inner: Option<Incoming>,
     remaining: u64,
     /// Bytes read and not yet added to `stats`: added once at the end of the body (or when
     /// it is dropped), not per frame, so that concurrent uploads on one route do not fight
@@ -215,6 +218,16 @@ pub(crate) struct RequestBody {
 }
 
 impl RequestBody {
+    /// hyper's body of a request, limited to `max_body` bytes.
+    pub(crate) fn new(inner: Incoming, max_body: u64) -> Self {
+        Self { inner: Some(inner), remaining: max_body, read: 0, stats: None }
+    }
+
+    /// The body of a request that has none.
+    pub(crate) fn empty() -> Self {
+        Self { inner: None, remaining: 0, read: 0, stats: None }
+    }
+
     /// Count this body's bytes into `stats` (the route that took the request).
     pub(crate) fn count_into(&mut self, stats: Arc<RouteStats>) {
         self.stats = Some(stats);
@@ -289,7 +302,8 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = &mut this.inner else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -313,11 +327,11 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -2,6 +2,8 @@
 //! connection's first bytes (h2c prior knowledge) or by TLS ALPN; each listener's limits
 //! applied (http/limits.rs), and idle connections closed.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,11 +15,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
-use hyper::service::Service;
+use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::limits::HttpLimits;
+use super::h1server;
+use super::limits::{HttpLimits, RequestBody};
 use crate::listener::Stop;
 use crate::metrics::{ProtocolErrorKind, ProtocolErrors};
 
@@ -31,12 +34,15 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The first read of a sniffed connection: room for a whole ordinary request head.
 const FIRST_READ: usize = 4096;
 
-/// One listener's HTTP server settings: hyper's builders made from its limits, and the idle
-/// timeout this module enforces itself (hyper has none for servers).
+/// One listener's HTTP server settings: hyper's builders made from its limits, our own
+/// HTTP/1.1 path's (http/h1server.rs), and the idle timeout this module enforces itself
+/// (hyper has none for servers).
 #[derive(Debug)]
 pub(crate) struct HttpServer {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
+    own: h1server::Settings,
+    max_body: u64,
     idle_timeout: Duration,
 }
 
@@ -61,27 +67,32 @@ impl HttpServer {
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)
             .max_header_list_size(limits.max_header_bytes);
-        Self { h1, h2, idle_timeout: limits.idle_timeout }
+        let own = h1server::Settings {
+            max_head: header_bytes,
+            header_read_timeout: limits.header_read_timeout,
+            tls: false,
+        };
+        Self { h1, h2, own, max_body: limits.max_body, idle_timeout: limits.idle_timeout }
     }
 
     /// Serve one connection until it ends, until `stop` fires and its in-flight requests end,
     /// or until it has been idle (no request in flight, no byte either way) for the idle
-    /// timeout. `h2_only` skips the preface sniffing (ALPN already chose HTTP/2). What hyper
-    /// refused on the connection is counted in `errors`.
-    pub(crate) async fn serve<I, S, B>(
+    /// timeout. `handle` answers each request, whichever path read it. `h2_only` skips the
+    /// preface sniffing (ALPN already chose HTTP/2); `tls` says `io` is a TLS stream. What
+    /// hyper refused on the connection is counted in `errors`.
+    pub(crate) async fn serve<I, F, Fut, B>(
         &self,
         io: I,
-        service: S,
+        handle: F,
+        tls: bool,
         h2_only: bool,
         mut stop: Stop,
         errors: Option<&ProtocolErrors>,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: Body + Send + 'static,
-        B::Data: Send,
+        F: Fn(Request<RequestBody>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let activity = Arc::new(Activity::default());
@@ -89,7 +100,7 @@ impl HttpServer {
         // --- HTTP/1.1 or HTTP/2: ALPN said, or the first bytes say (bounded like the rest of
         // the connection by the stop and the idle timeout) ---
         let (h2, first) = if h2_only {
-            (true, Bytes::new())
+            (true, BytesMut::new())
         } else {
             let sniffed = tokio::select! {
                 r = sniff(&mut io) => r,
@@ -102,9 +113,29 @@ impl HttpServer {
                 Ok(None) | Err(_) => return,
             }
         };
-        io.first = first;
+        // --- HTTP/1.1: our own path while the requests are ones it takes, then hyper ---
+        io.first = if h2 {
+            first.freeze()
+        } else {
+            let own = h1server::Settings { tls, ..self.own };
+            let served = tokio::select! {
+                s = h1server::serve(&mut io, first, &handle, own, &mut stop, &activity, errors) => s,
+                () = activity.idle(self.idle_timeout) => return,
+            };
+            match served {
+                h1server::Served::Closed => return,
+                h1server::Served::Fallback(rest) => rest,
+            }
+        };
         let io = TokioIo::new(io);
-        let service = Counted { inner: service, activity: Arc::clone(&activity) };
+        let max_body = self.max_body;
+        let service = Counted {
+            inner: service_fn(move |req: Request<Incoming>| {
+                let answer = handle(req.map(|body| RequestBody::new(body, max_body)));
+                async move { Ok::<_, Infallible>(answer.await) }
+            }),
+            activity: Arc::clone(&activity),
+        };
         // The two connection types share no trait with `graceful_shutdown`, so one macro
         // serves both the same way.
         macro_rules! run_until_stopped {
@@ -144,7 +175,7 @@ impl HttpServer {
 /// hyper-util's auto server, which reads exactly 24 bytes first: one more system call on
 /// every plaintext HTTP/1 connection. This reads what has arrived (usually the whole head),
 /// and the chosen server reads it back first (`Tracked::first`).
-async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<(bool, Bytes)>> {
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<(bool, BytesMut)>> {
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
         if io.read_buf(&mut buf).await? == 0 {
@@ -152,10 +183,10 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<(bool, Byt
         }
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
-            return Ok(Some((false, buf.freeze())));
+            return Ok(Some((false, buf)));
         }
         if n == H2_PREFACE.len() {
-            return Ok(Some((true, buf.freeze())));
+            return Ok(Some((true, buf)));
         }
         if buf.len() == buf.capacity() {
             buf.reserve(FIRST_READ);
@@ -204,6 +235,12 @@ impl Activity {
     #[inline]
     pub(crate) fn touch(&self) {
         self.touched.store(true, Ordering::Relaxed);
+    }
+
+    /// Count a request in flight until the guard drops (our own HTTP/1.1 path's `Counted`).
+    pub(crate) fn begin(&self) -> InFlightRef<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightRef(self)
     }
 
     /// Resolves once the connection has had no request in flight and no byte either way
@@ -301,6 +338,15 @@ struct Counted<S> {
 pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `InFlight` for a caller that holds the activity itself (no reference count).
+pub(crate) struct InFlightRef<'a>(&'a Activity);
+
+impl Drop for InFlightRef<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }

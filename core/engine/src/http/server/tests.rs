@@ -44,7 +44,7 @@ async fn sniffing_tells_the_http2_preface_from_http1_and_gives_the_bytes_back() 
     client.write_all(b"next").await.unwrap();
     drop(client);
     let mut all = Vec::new();
-    let mut io = Tracked { inner: server, activity: Arc::default(), first };
+    let mut io = Tracked { inner: server, activity: Arc::default(), first: first.freeze() };
     io.read_to_end(&mut all).await.unwrap();
     assert_eq!(all, b"GET / HTTP/1.1\r\nhost: a\r\n\r\nnext");
 
