@@ -62,6 +62,19 @@ pub(crate) struct RoutePolicy {
 }
 
 impl RoutePolicy {
+    /// Whether the whole-request timeout is all this policy does (the default route policy),
+    /// which the request path runs as a deadline on its one try (http/proxy.rs).
+    pub(crate) fn only_timeout(&self) -> bool {
+        let Self { timeout: _, per_try_timeout, idle_timeout, retry, rate_limit, fault, mirror, stats: _ } =
+            self;
+        per_try_timeout.is_none()
+            && idle_timeout.is_none()
+            && retry.is_none()
+            && rate_limit.is_none()
+            && fault.is_none()
+            && mirror.is_none()
+    }
+
     /// `None` when the spec turns nothing on.
     pub(crate) fn compile(
         spec: Option<&RoutePolicySpec>,
