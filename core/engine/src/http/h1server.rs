@@ -81,19 +81,23 @@ pub(crate) async fn serve<I, F, Fut, B>(
     errors: Option<&ProtocolErrors>,
 ) -> Served
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + NoDelay + Unpin,
     F: Fn(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,
 {
     let mut out: Vec<u8> = Vec::new();
+    let mut nagle = Nagle::Untouched;
     loop {
         // --- read a head ---
         let mut deadline = None;
         let (req, client_close) = loop {
             match parse(&mut buf, settings.max_head) {
                 Parsed::Request(req, close) => break (req, close),
-                Parsed::Fallback => return Served::Fallback(buf.freeze()),
+                Parsed::Fallback => {
+                    io.set_nodelay();
+                    return Served::Fallback(buf.freeze());
+                }
                 Parsed::Partial => {}
             }
             if buf.capacity() - buf.len() < READ_ROOM {
@@ -137,7 +141,7 @@ where
         let (framing, close) =
             encode_head(&parts.status, &parts.headers, &body, head_request, close, &mut out);
         drop(parts);
-        if write_body(io, &mut out, &mut body, framing).await.is_err() {
+        if write_body(io, &mut nagle, &mut out, &mut body, framing).await.is_err() {
             return Served::Closed;
         }
         drop(body);
@@ -171,7 +175,7 @@ const NOT_HERE: [&[u8]; 5] = [b"content-length", b"transfer-encoding", b"upgrade
 /// path. Header values are views of the head's bytes, not copies.
 fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     // (name start, name end, value start, value end) of each header, as offsets into `buf`
-    // (which is at most `max_head`, a u32, long when parsed).
+    // (the read buffer is far below 4 GiB, so u32 holds them).
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let (len, method, path, count, close) = {
         // httparse fills these; left uninitialized, they cost nothing per request.
@@ -352,9 +356,15 @@ fn write_length(out: &mut Vec<u8>, n: u64) {
 /// gathered behind the head and written when the body has nothing more ready (so a 1 KiB
 /// answer leaves in one system call); the head is never held back waiting for the body.
 /// An error leaves the connection unusable (a body that fails or breaks its length).
-async fn write_body<I, B>(io: &mut I, out: &mut Vec<u8>, body: &mut B, framing: Framing) -> io::Result<()>
+async fn write_body<I, B>(
+    io: &mut I,
+    nagle: &mut Nagle,
+    out: &mut Vec<u8>,
+    body: &mut B,
+    framing: Framing,
+) -> io::Result<()>
 where
-    I: AsyncWrite + Unpin,
+    I: AsyncWrite + NoDelay + Unpin,
     B: Body<Data = Bytes> + Unpin,
 {
     let mut left = match framing {
@@ -373,7 +383,7 @@ where
         .await;
         let data = match next {
             None => {
-                write_all(io, out, &[]).await?;
+                write_all(io, nagle, out, &[]).await?;
                 continue;
             }
             Some(None) => break,
@@ -397,7 +407,7 @@ where
         if data.len() <= COPY_LIMIT {
             out.extend_from_slice(&data);
         } else {
-            write_all(io, out, &data).await?;
+            write_all(io, nagle, out, &data).await?;
         }
         if framing == Framing::Chunked {
             out.extend_from_slice(b"\r\n");
@@ -409,17 +419,26 @@ where
     if left != 0 {
         return Err(broken());
     }
-    write_all(io, out, &[]).await?;
+    write_all(io, nagle, out, &[]).await?;
     io.flush().await
 }
 
 /// Write `first` (emptied after) and then `second`, gathered into as few system calls as
 /// the socket takes.
-async fn write_all<I: AsyncWrite + Unpin>(io: &mut I, first: &mut Vec<u8>, second: &[u8]) -> io::Result<()> {
+async fn write_all<I: AsyncWrite + NoDelay + Unpin>(
+    io: &mut I,
+    nagle: &mut Nagle,
+    first: &mut Vec<u8>,
+    second: &[u8],
+) -> io::Result<()> {
+    nagle.before_write(io);
     let (mut a, mut b) = (0, 0);
     while a < first.len() || b < second.len() {
-        let bufs = [io::IoSlice::new(&first[a..]), io::IoSlice::new(&second[b..])];
-        let n = io.write_vectored(&bufs).await?;
+        let n = if b == second.len() {
+            io.write(&first[a..]).await?
+        } else {
+            io.write_vectored(&[io::IoSlice::new(&first[a..]), io::IoSlice::new(&second[b..])]).await?
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -429,6 +448,44 @@ async fn write_all<I: AsyncWrite + Unpin>(io: &mut I, first: &mut Vec<u8>, secon
     }
     first.clear();
     Ok(())
+}
+
+/// A transport whose Nagle algorithm can be turned off (`TCP_NODELAY`).
+pub(crate) trait NoDelay {
+    fn set_nodelay(&self);
+}
+
+impl NoDelay for tokio::net::TcpStream {
+    fn set_nodelay(&self) {
+        let _ = tokio::net::TcpStream::set_nodelay(self, true);
+    }
+}
+
+/// Nagle's algorithm on a connection, turned off only once it matters: it holds back a small
+/// write while an earlier one is unacknowledged, so a connection's first write never waits,
+/// and a connection that answers one request and closes (or hands over to hyper, which sets
+/// it first) never pays the system call. nginx does the same for keep-alive connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nagle {
+    /// Nothing written yet.
+    Untouched,
+    /// One write made.
+    Wrote,
+    /// `TCP_NODELAY` is set.
+    Off,
+}
+
+impl Nagle {
+    fn before_write<I: NoDelay>(&mut self, io: &I) {
+        match self {
+            Self::Untouched => *self = Self::Wrote,
+            Self::Wrote => {
+                io.set_nodelay();
+                *self = Self::Off;
+            }
+            Self::Off => {}
+        }
+    }
 }
 
 /// The `Date` header's value, formatted once per second per thread.

@@ -19,7 +19,7 @@ use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::h1server;
+use super::h1server::{self, NoDelay};
 use super::limits::{HttpLimits, RequestBody};
 use crate::listener::Stop;
 use crate::metrics::{ProtocolErrorKind, ProtocolErrors};
@@ -89,7 +89,7 @@ impl HttpServer {
         mut stop: Stop,
         errors: Option<&ProtocolErrors>,
     ) where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + NoDelay + Unpin + Send + 'static,
         F: Fn(Request<RequestBody>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<B>> + Send + 'static,
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -127,6 +127,32 @@ impl HttpServer {
                 h1server::Served::Fallback(rest) => rest,
             }
         };
+        // Boxed: hyper's connection state is kilobytes, and most connections never need it;
+        // inline, every connection's task would carry it (and be allocated and moved with it).
+        Box::pin(self.serve_hyper(io, handle, h2, stop, &activity, errors)).await;
+    }
+
+    /// The rest of a connection, served by hyper: HTTP/2, or HTTP/1.1 from a request our own
+    /// path does not take (`io.first` holds the bytes read and not yet consumed).
+    async fn serve_hyper<I, F, Fut, B>(
+        &self,
+        io: Tracked<I>,
+        handle: F,
+        h2: bool,
+        mut stop: Stop,
+        activity: &Arc<Activity>,
+        errors: Option<&ProtocolErrors>,
+    ) where
+        I: AsyncRead + AsyncWrite + NoDelay + Unpin + Send + 'static,
+        F: Fn(Request<RequestBody>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if h2 {
+            // Many writes, on many streams: none may wait for another's acknowledgement.
+            io.set_nodelay();
+        }
         let io = TokioIo::new(io);
         let max_body = self.max_body;
         let service = Counted {
@@ -134,7 +160,7 @@ impl HttpServer {
                 let answer = handle(req.map(|body| RequestBody::new(body, max_body)));
                 async move { Ok::<_, Infallible>(answer.await) }
             }),
-            activity: Arc::clone(&activity),
+            activity: Arc::clone(activity),
         };
         // The two connection types share no trait with `graceful_shutdown`, so one macro
         // serves both the same way.
@@ -325,6 +351,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+impl<I: NoDelay> NoDelay for Tracked<I> {
+    fn set_nodelay(&self) {
+        self.inner.set_nodelay();
+    }
+}
+
+impl NoDelay for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    /// Already set on the TCP stream, before the handshake's several writes.
+    fn set_nodelay(&self) {}
 }
 
 /// The connection's service, counting the requests it is answering.

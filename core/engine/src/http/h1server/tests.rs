@@ -5,6 +5,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
 
+impl NoDelay for DuplexStream {
+    fn set_nodelay(&self) {}
+}
+
 type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, io::Error>;
 
 const SETTINGS: Settings =
@@ -279,4 +283,22 @@ fn the_date_is_an_http_date_of_this_second() {
     let parsed = httpdate::parse_http_date(&now).unwrap();
     let age = SystemTime::now().duration_since(parsed).unwrap_or_default();
     assert!(age < Duration::from_secs(2), "{now}");
+}
+
+#[test]
+fn nagle_is_turned_off_at_the_second_write_and_only_once() {
+    struct Counting(std::cell::Cell<u32>);
+    impl NoDelay for Counting {
+        fn set_nodelay(&self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+    let io = Counting(std::cell::Cell::new(0));
+    let mut nagle = Nagle::Untouched;
+    nagle.before_write(&io);
+    assert_eq!(io.0.get(), 0, "a connection's first write never waits for an ACK");
+    for _ in 0..3 {
+        nagle.before_write(&io);
+    }
+    assert_eq!((io.0.get(), nagle), (1, Nagle::Off));
 }
