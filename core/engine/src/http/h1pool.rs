@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -434,22 +435,28 @@ async fn exchange(conn: &mut Conn, head: &[u8], body: &Bytes) -> Result<Head, Fa
 /// Parse a response head at the start of `buf`, consuming it when complete. Header values
 /// are views of the head's bytes, not copies.
 fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
-    // (name start, name end, value start, value end) of each header, as offsets into `buf`.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    // (name start, name end, value start, value end) of each header, as offsets into `buf`
+    // (the read buffer is far below 4 GiB, so u32 holds them: half the stack to clear).
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let (len, code, minor, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(buf) {
+        // httparse fills these; left uninitialized, they cost nothing per response.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut headers,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(invalid("too many response headers")),
             Err(_) => return Err(invalid("malformed response head")),
         };
         let base = buf.as_ptr() as usize;
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *span = (name, name + h.name.len(), value, value + h.value.len());
+            let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+            *span = (name, name + h.name.len() as u32, value, value + h.value.len() as u32);
         }
         (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1), resp.headers.len())
     };
@@ -458,6 +465,7 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(ns, ne, vs, ve) in &spans[..count] {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| invalid("bad response header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| invalid("bad response header value"))?;
