@@ -44,6 +44,8 @@ const MAX_HEADERS: usize = 64;
 /// Room made in the read buffer before a read. The buffer is the sniffing read's (4 KiB);
 /// each request's head is split off it and, once the request is done, its room is reused.
 const READ_ROOM: usize = 2048;
+/// Room made in the output buffer for a response head and the first small body chunks.
+const OUT_ROOM: usize = 2048;
 /// Body chunks up to this size are copied behind the response head (one write for both);
 /// larger ones are written from where they are.
 const COPY_LIMIT: usize = 8192;
@@ -138,6 +140,9 @@ where
         let close = client_close || stop.is_set();
         let (parts, mut body) = resp.into_parts();
         out.clear();
+        // Sized once, at the first answer: grown from nothing, a head and a 1 KiB body would
+        // reallocate it eight times on every new connection.
+        out.reserve(OUT_ROOM);
         let (framing, close) =
             encode_head(&parts.status, &parts.headers, &body, head_request, close, &mut out);
         drop(parts);

@@ -32,126 +32,152 @@ use tokio::time::Instant as TokioInstant;
 use super::client::{ConnectionLimit, OutgoingBody, UpstreamError, UpstreamResponseBody};
 use super::h1pool::Encoded;
 use super::headers::strip_hop_by_hop;
-use super::limits::{DownstreamBodyError, Refused, RequestBody};
+use super::limits::{DownstreamBodyError, Refusals, Refused, RequestBody};
 use super::{local_reply, ProxyBody};
 use crate::cluster::Cluster;
 use crate::engine::Shared;
 use crate::metrics::ProtocolErrorKind;
-use crate::observe::{Exchange, Flags};
+use crate::observe::{Exchange, Flags, ObservedBody};
 use crate::policy::breaker::{BreakerGuard, Limit};
 use crate::policy::ratelimit::retry_after_secs;
 use crate::policy::retry::{self, Tee};
 use crate::policy::timeouts::{self, Kind, UpstreamBody};
 use crate::policy::{RoutePolicy, TryOutcome};
 use crate::router::{RouteAction, Target};
+use crate::tables::ListenerKind;
 
 /// Bodies up to this size are buffered to mirror them when the route has no retry policy
 /// (which brings its own `buffer_limit`).
 const DEFAULT_BUFFER_LIMIT: u64 = 64 * 1024;
 
-/// Serve one request that arrived on the listener in `slot` from the client at `peer`;
-/// what the request path learns goes into `ex` (observe.rs).
+/// Answer one request that arrived on the listener in `slot` from the client at `peer`:
+/// the refusal `limits::admit` made of it, or the request path's answer; what the request
+/// path learns goes into `ex` (observe.rs), which the answer's body carries to its end.
+///
+/// One async fn from admission to answer, not several nested: each layer's future would be
+/// moved whole into the one above it on every request.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
+    kind: Arc<ListenerKind>,
     slot: usize,
     peer: SocketAddr,
-    mut req: Request<RequestBody>,
-    ex: &mut Exchange,
-) -> Response<ProxyBody> {
-    let target = {
-        let tables = shared.tables.load();
-        let Some(listener) = tables.listener(slot) else {
-            // The listener was removed from the config while this connection was open.
-            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n");
-        };
-        // --- routing: match, then forward or answer locally (http/actions.rs) ---
-        match listener.router.find(&req) {
-            Some(route) => {
-                ex.route = Some(Arc::clone(&route.name));
-                match &route.action {
-                    RouteAction::Forward(weighted) => Arc::clone(weighted.pick()),
-                    RouteAction::Local(local) => {
-                        ex.route_stats = Some(local.route_stats());
-                        return local.respond(&req);
-                    }
-                }
-            }
-            None => {
-                ex.flags.set(Flags::NO_ROUTE);
-                listener.unrouted.record(404);
-                return local_reply(StatusCode::NOT_FOUND, "no route matched\n");
-            }
+    admitted: Result<Request<RequestBody>, Response<ProxyBody>>,
+    mut ex: Exchange,
+) -> Response<ObservedBody> {
+    let mut req = match admitted {
+        Ok(req) => req,
+        Err(refusal) => {
+            ex.flags.set(Flags::DOWNSTREAM_PROTOCOL_ERROR);
+            return ex.finish(refusal);
         }
     };
-
-    let cluster = &target.cluster;
-    ex.cluster = Some(Arc::clone(&cluster.name));
-    ex.route_stats = Some(Arc::clone(&target.route_stats));
-    ex.target_stats = Some(Arc::clone(&target.counters));
-    // --- metrics: the body counts its bytes into the route's counter as it streams ---
-    if !req.body().is_end_stream() {
-        req.body_mut().count_into(Arc::clone(&target.route_stats));
-    }
-    cluster.policy.budget.record_request(ex.started());
-    // The plain path: no policy beyond the whole-request timeout (on by default), to a
-    // cluster with no breaker or outlier detection. One try, so the timeout is a deadline on
-    // that try; the policy path's machinery (and its future, 3.6 KiB moved per request) is
-    // boxed away for the routes that use it.
-    let deadline = match target.policy.as_deref() {
-        None => Some(None),
-        Some(p) if p.only_timeout() => Some(p.timeout.map(|t| TokioInstant::from_std(ex.started()) + t)),
-        Some(_) => None,
-    };
-    let plain = cluster.policy.breaker.is_none() && cluster.policy.outlier.is_none();
-    let mut resp = if let (true, Some(deadline)) = (plain, deadline) {
-        // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on
-        // it (least_request, ewma) until the response head is back. None in rotation: 503.
-        let Some((endpoint, mut in_flight)) = cluster.pick(req.headers(), peer) else {
-            ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
-            let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
-            target.counters.record(resp.status().as_u16());
-            return resp;
+    let resp = 'answer: {
+        let target = {
+            let tables = shared.tables.load();
+            let Some(listener) = tables.listener(slot) else {
+                // The listener was removed from the config while this connection was open.
+                break 'answer local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n");
+            };
+            // --- routing: match, then forward or answer locally (http/actions.rs) ---
+            match listener.router.find(&req) {
+                Some(route) => {
+                    ex.route = Some(Arc::clone(&route.name));
+                    match &route.action {
+                        RouteAction::Forward(weighted) => Arc::clone(weighted.pick()),
+                        RouteAction::Local(local) => {
+                            ex.route_stats = Some(local.route_stats());
+                            break 'answer local.respond(&req);
+                        }
+                    }
+                }
+                None => {
+                    ex.flags.set(Flags::NO_ROUTE);
+                    listener.unrouted.record(404);
+                    break 'answer local_reply(StatusCode::NOT_FOUND, "no route matched\n");
+                }
+            }
         };
-        // --- end load balancing
-        let resp = match prepare(&target, &mut req) {
-            Ok(pq) => {
-                // --- routing: host rewrite and request header edits ---
-                target.actions.apply_request(req.headers_mut());
-                match deadline {
-                    None => forward(cluster, endpoint, req, pq, ex).await,
-                    Some(at) => {
-                        match tokio::time::timeout_at(at, forward(cluster, endpoint, req, pq, ex)).await {
-                            Ok(resp) => resp,
-                            Err(_) => {
-                                in_flight.failed();
-                                request_timed_out(cluster, ex)
+
+        let cluster = &target.cluster;
+        ex.cluster = Some(Arc::clone(&cluster.name));
+        ex.route_stats = Some(Arc::clone(&target.route_stats));
+        ex.target_stats = Some(Arc::clone(&target.counters));
+        // --- metrics: the body counts its bytes into the route's counter as it streams ---
+        if !req.body().is_end_stream() {
+            req.body_mut().count_into(Arc::clone(&target.route_stats));
+        }
+        cluster.policy.budget.record_request(ex.started());
+        // The plain path: no policy beyond the whole-request timeout (on by default), to a
+        // cluster with no breaker or outlier detection. One try, so the timeout is a deadline on
+        // that try; the policy path's machinery (and its future, 3.6 KiB moved per request) is
+        // boxed away for the routes that use it.
+        let deadline = match target.policy.as_deref() {
+            None => Some(None),
+            Some(p) if p.only_timeout() => Some(p.timeout.map(|t| TokioInstant::from_std(ex.started()) + t)),
+            Some(_) => None,
+        };
+        let plain = cluster.policy.breaker.is_none() && cluster.policy.outlier.is_none();
+        let mut resp = if let (true, Some(deadline)) = (plain, deadline) {
+            // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on
+            // it (least_request, ewma) until the response head is back. None in rotation: 503.
+            let Some((endpoint, mut in_flight)) = cluster.pick(req.headers(), peer) else {
+                ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
+                let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+                target.counters.record(resp.status().as_u16());
+                break 'answer resp;
+            };
+            // --- end load balancing
+            let resp = match prepare(&target, &mut req) {
+                Ok(pq) => {
+                    // --- routing: host rewrite and request header edits ---
+                    target.actions.apply_request(req.headers_mut());
+                    match deadline {
+                        None => forward(cluster, endpoint, req, pq, &mut ex).await,
+                        Some(at) => {
+                            match tokio::time::timeout_at(at, forward(cluster, endpoint, req, pq, &mut ex))
+                                .await
+                            {
+                                Ok(resp) => resp,
+                                Err(_) => {
+                                    in_flight.failed();
+                                    request_timed_out(cluster, &mut ex)
+                                }
                             }
                         }
                     }
                 }
+                Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+            };
+            // --- load balancing: a local 502/503 here means the endpoint gave no answer (connect
+            // failure, reset), which ewma must not take for a fast one.
+            if matches!(resp.body(), Either::Right(_)) && resp.status().is_server_error() {
+                in_flight.failed();
             }
-            Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+            resp
+        } else {
+            match prepare(&target, &mut req) {
+                Ok(pq) => {
+                    target.actions.apply_request(req.headers_mut());
+                    Box::pin(forward_with_policy(&target, target.policy.as_deref(), peer, req, pq, &mut ex))
+                        .await
+                }
+                Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+            }
         };
-        // --- load balancing: a local 502/503 here means the endpoint gave no answer (connect
-        // failure, reset), which ewma must not take for a fast one.
-        if matches!(resp.body(), Either::Right(_)) && resp.status().is_server_error() {
-            in_flight.failed();
-        }
+        // --- routing: response header edits ---
+        target.actions.apply_response(resp.headers_mut());
+        target.counters.record(resp.status().as_u16());
+        // The duration is recorded when the response ends (observe.rs).
         resp
-    } else {
-        match prepare(&target, &mut req) {
-            Ok(pq) => {
-                target.actions.apply_request(req.headers_mut());
-                Box::pin(forward_with_policy(&target, target.policy.as_deref(), peer, req, pq, ex)).await
-            }
-            Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
-        }
     };
-    // --- routing: response header edits ---
-    target.actions.apply_response(resp.headers_mut());
-    target.counters.record(resp.status().as_u16());
-    // The duration is recorded when the response ends (observe.rs).
-    resp
+    // --- hardening: a refusal the request path made (a body over the limit) is counted ---
+    if let ListenerKind::Http(http) = &*kind {
+        let refusals = Refusals { errors: &http.stats.protocol_errors, replies: &http.unrouted };
+        if refusals.count(&resp) {
+            ex.flags.set(Flags::DOWNSTREAM_PROTOCOL_ERROR);
+        }
+    }
+    ex.finish(resp)
 }
 
 /// The path and query sent upstream (with the route's prefix rewrite). An HTTP/2 request
