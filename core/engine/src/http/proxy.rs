@@ -131,20 +131,7 @@ pub(crate) async fn handle(
                 Ok(pq) => {
                     // --- routing: host rewrite and request header edits ---
                     target.actions.apply_request(req.headers_mut());
-                    match deadline {
-                        None => forward(cluster, endpoint, req, pq, &mut ex).await,
-                        Some(at) => {
-                            match tokio::time::timeout_at(at, forward(cluster, endpoint, req, pq, &mut ex))
-                                .await
-                            {
-                                Ok(resp) => resp,
-                                Err(_) => {
-                                    in_flight.failed();
-                                    request_timed_out(cluster, &mut ex)
-                                }
-                            }
-                        }
-                    }
+                    forward(cluster, endpoint, req, pq, deadline, &mut ex).await
                 }
                 Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
             };
@@ -215,12 +202,16 @@ fn is_upgrade(req: &Request<RequestBody>) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
-/// One try to `endpoint`, no policy: the plain path (and the path of upgrades).
+/// One try to `endpoint`, no policy but the whole-request timeout's `deadline` on the wait
+/// for the response head: the plain path (and the path of upgrades). The deadline bounds
+/// each wait here rather than wrapping this future, which would be moved whole twice more
+/// per request.
 async fn forward(
     cluster: &Cluster,
     endpoint: &Authority,
     mut req: Request<RequestBody>,
     pq: PathAndQuery,
+    deadline: Option<TokioInstant>,
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
     ex.endpoint = Some(endpoint.clone());
@@ -238,7 +229,10 @@ async fn forward(
         _ => None,
     };
     let (result, upgrade) = if let Some((h1, encoded)) = own {
-        let sent = h1.send(&encoded, endpoint).await;
+        let sent = match until(deadline, h1.send(&encoded, endpoint)).await {
+            Some(sent) => sent,
+            None => return request_timed_out(cluster, ex),
+        };
         (sent.map(|r| r.map(UpstreamResponseBody::Own)), None)
     } else {
         match upstream_uri(cluster, endpoint, pq) {
@@ -259,7 +253,10 @@ async fn forward(
         *req.version_mut() = Version::HTTP_11;
         // Boxed: the common path is the one above, and this future (up to 1 KiB) would
         // otherwise enlarge, and be copied with, every request's future.
-        (Box::pin(cluster.upstream.request(req.map(Either::Left))).await, upgrade)
+        match until(deadline, Box::pin(cluster.upstream.request(req.map(Either::Left)))).await {
+            Some(sent) => (sent, upgrade),
+            None => return request_timed_out(cluster, ex),
+        }
     };
     match result {
         Ok(mut resp) => {
@@ -346,12 +343,20 @@ async fn forward_with_policy(
             ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
-        return forward(cluster, endpoint, req, pq, ex).await;
+        return forward(cluster, endpoint, req, pq, None, ex).await;
     }
     // --- policy: whole-request timeout (policy/timeouts.rs), kept as a deadline that each
     // wait in the tries honours, so that a request runs under one timer at a time ---
     let deadline = policy.and_then(|p| p.timeout).map(|t| TokioInstant::from_std(ex.started()) + t);
     tries(target, policy, peer, req, pq, guard, deadline, ex).await
+}
+
+/// `fut`'s output, or None if `deadline` came first.
+async fn until<F: std::future::Future>(deadline: Option<TokioInstant>, fut: F) -> Option<F::Output> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
+        None => Some(fut.await),
+    }
 }
 
 /// The 504 of the whole-request timeout, counted.
