@@ -331,7 +331,7 @@ async fn forward_with_policy(
         }
     }
     // --- policy: circuit breaker, requests in flight (policy/breaker.rs) ---
-    let guard = match &cluster.policy.breaker {
+    let mut guard = match &cluster.policy.breaker {
         Some(b) => match b.admit(Limit::Requests) {
             Some(g) => Some(g),
             None => return overflow(Limit::Requests, ex),
@@ -343,43 +343,17 @@ async fn forward_with_policy(
             ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
-        return forward(cluster, endpoint, req, pq, None, ex).await;
+        // Boxed: upgrades are rare, and inline this future would enlarge every policed
+        // request's.
+        return Box::pin(forward(cluster, endpoint, req, pq, None, ex)).await;
     }
     // --- policy: whole-request timeout (policy/timeouts.rs), kept as a deadline that each
     // wait in the tries honours, so that a request runs under one timer at a time ---
     let deadline = policy.and_then(|p| p.timeout).map(|t| TokioInstant::from_std(ex.started()) + t);
-    tries(target, policy, peer, req, pq, guard, deadline, ex).await
-}
 
-/// `fut`'s output, or None if `deadline` came first.
-async fn until<F: std::future::Future>(deadline: Option<TokioInstant>, fut: F) -> Option<F::Output> {
-    match deadline {
-        Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
-        None => Some(fut.await),
-    }
-}
-
-/// The 504 of the whole-request timeout, counted.
-fn request_timed_out(cluster: &Cluster, ex: &mut Exchange) -> Response<ProxyBody> {
-    cluster.upstream.stats.timeouts[Kind::Request as usize].inc();
-    ex.flags.set(Flags::UPSTREAM_TIMEOUT);
-    timeouts::reply(Kind::Request)
-}
-
-/// The tries of one request: buffer, mirror, then try, observe and retry as allowed, all
-/// before `deadline` (the whole-request timeout).
-#[allow(clippy::too_many_arguments, reason = "the request's parts and the policy state it runs under")]
-async fn tries(
-    target: &Target,
-    policy: Option<&RoutePolicy>,
-    peer: SocketAddr,
-    req: Request<RequestBody>,
-    pq: PathAndQuery,
-    mut guard: Option<BreakerGuard>,
-    deadline: Option<TokioInstant>,
-    ex: &mut Exchange,
-) -> Response<ProxyBody> {
-    let cluster = &target.cluster;
+    // === the tries: buffer, mirror, then try, observe and retry as allowed, all before
+    // `deadline`. In this fn, not one of its own, whose future would be moved whole into
+    // this one's on every policed request. ===
     let stats = &cluster.upstream.stats;
     let retry = policy.and_then(|p| p.retry.as_ref());
     let mirror = policy.and_then(|p| p.mirror.as_ref()).filter(|m| m.wanted());
@@ -588,6 +562,21 @@ async fn tries(
             }
         };
     }
+}
+
+/// `fut`'s output, or None if `deadline` came first.
+async fn until<F: std::future::Future>(deadline: Option<TokioInstant>, fut: F) -> Option<F::Output> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+/// The 504 of the whole-request timeout, counted.
+fn request_timed_out(cluster: &Cluster, ex: &mut Exchange) -> Response<ProxyBody> {
+    cluster.upstream.stats.timeouts[Kind::Request as usize].inc();
+    ex.flags.set(Flags::UPSTREAM_TIMEOUT);
+    timeouts::reply(Kind::Request)
 }
 
 /// 413 or 400 for a request whose own body failed on its way upstream; the connection
