@@ -127,72 +127,57 @@ impl HttpServer {
                 h1server::Served::Fallback(rest) => rest,
             }
         };
+        // --- the rest of the connection, served by hyper: HTTP/2, or HTTP/1.1 from a request
+        // our own path does not take (`io.first` holds the bytes read and not consumed).
         // Boxed: hyper's connection state is kilobytes, and most connections never need it;
         // inline, every connection's task would carry it (and be allocated and moved with it).
-        Box::pin(self.serve_hyper(io, handle, h2, stop, &activity, errors)).await;
-    }
-
-    /// The rest of a connection, served by hyper: HTTP/2, or HTTP/1.1 from a request our own
-    /// path does not take (`io.first` holds the bytes read and not yet consumed).
-    async fn serve_hyper<I, F, Fut, B>(
-        &self,
-        io: Tracked<I>,
-        handle: F,
-        h2: bool,
-        mut stop: Stop,
-        activity: &Arc<Activity>,
-        errors: Option<&ProtocolErrors>,
-    ) where
-        I: AsyncRead + AsyncWrite + NoDelay + Unpin + Send + 'static,
-        F: Fn(Request<RequestBody>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Response<B>> + Send + 'static,
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        if h2 {
-            // Many writes, on many streams: none may wait for another's acknowledgement.
-            io.set_nodelay();
-        }
-        let io = TokioIo::new(io);
-        let max_body = self.max_body;
-        let service = Counted {
-            inner: service_fn(move |req: Request<Incoming>| {
-                let answer = handle(req.map(|body| RequestBody::new(body, max_body)));
-                async move { Ok::<_, Infallible>(answer.await) }
-            }),
-            activity: Arc::clone(activity),
-        };
-        // The two connection types share no trait with `graceful_shutdown`, so one macro
-        // serves both the same way.
-        macro_rules! run_until_stopped {
-            ($conn:expr) => {{
-                let conn = $conn;
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into),
-                    () = stop.wait() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await.map_err(Into::into)
-                    }
-                    () = activity.idle(self.idle_timeout) => {
-                        conn.as_mut().graceful_shutdown();
-                        // Nothing is in flight: HTTP/1 closes at once; HTTP/2 waits for the
-                        // client's PING answer, which a hostile client never sends.
-                        tokio::time::timeout(self.idle_timeout.min(IDLE_CLOSE_GRACE), conn).await.unwrap_or(Ok(())).map_err(Into::into)
-                    }
-                }
-            }};
-        }
-        let result = if h2 {
-            run_until_stopped!(self.h2.serve_connection(io, service))
-        } else {
-            run_until_stopped!(self.h1.serve_connection(io, service).with_upgrades())
-        };
-        if let (Err(e), Some(errors)) = (result, errors) {
-            if let Some(kind) = classify(&*e) {
-                errors.inc(kind);
+        Box::pin(async move {
+            if h2 {
+                // Many writes, on many streams: none may wait for another's acknowledgement.
+                io.set_nodelay();
             }
-        }
+            let io = TokioIo::new(io);
+            let max_body = self.max_body;
+            let service = Counted {
+                inner: service_fn(move |req: Request<Incoming>| {
+                    let answer = handle(req.map(|body| RequestBody::new(body, max_body)));
+                    async move { Ok::<_, Infallible>(answer.await) }
+                }),
+                activity: Arc::clone(&activity),
+            };
+            // The two connection types share no trait with `graceful_shutdown`, so one macro
+            // serves both the same way.
+            macro_rules! run_until_stopped {
+                ($conn:expr) => {{
+                    let conn = $conn;
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => r.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into),
+                        () = stop.wait() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await.map_err(Into::into)
+                        }
+                        () = activity.idle(self.idle_timeout) => {
+                            conn.as_mut().graceful_shutdown();
+                            // Nothing is in flight: HTTP/1 closes at once; HTTP/2 waits for the
+                            // client's PING answer, which a hostile client never sends.
+                            tokio::time::timeout(self.idle_timeout.min(IDLE_CLOSE_GRACE), conn).await.unwrap_or(Ok(())).map_err(Into::into)
+                        }
+                    }
+                }};
+            }
+            let result = if h2 {
+                run_until_stopped!(self.h2.serve_connection(io, service))
+            } else {
+                run_until_stopped!(self.h1.serve_connection(io, service).with_upgrades())
+            };
+            if let (Err(e), Some(errors)) = (result, errors) {
+                if let Some(kind) = classify(&*e) {
+                    errors.inc(kind);
+                }
+            }
+        })
+        .await;
     }
 }
 
