@@ -20,7 +20,7 @@
 //! the connection's idle watchdog (server.rs) applies.
 
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::Poll;
@@ -406,7 +406,8 @@ where
                 left = left.checked_sub(data.len() as u64).ok_or_else(broken)?;
             }
             Framing::Chunked => {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                // Written in place (no String per chunk).
+                let _ = write!(out, "{:x}\r\n", data.len());
             }
         }
         if data.len() <= COPY_LIMIT {
