@@ -225,24 +225,16 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     }
     let head = buf.split_to(len).freeze();
     let at = |a: u32, b: u32| a as usize..b as usize;
-    let uri = Uri::from_maybe_shared(head.slice(at(path.0, path.1)));
-    let mut headers = HeaderMap::with_capacity(count);
-    let mut valid = uri.is_ok();
-    for &(ns, ne, vs, ve) in spans.iter().take(count) {
-        if !valid {
-            break;
+    let built = || -> Option<(Uri, HeaderMap)> {
+        let uri = Uri::from_maybe_shared(head.slice(at(path.0, path.1))).ok()?;
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(ns, ne, vs, ve) in spans.iter().take(count) {
+            let name = HeaderName::from_bytes(&head[at(ns, ne)]).ok()?;
+            headers.append(name, HeaderValue::from_maybe_shared(head.slice(at(vs, ve))).ok()?);
         }
-        match (
-            HeaderName::from_bytes(&head[at(ns, ne)]),
-            HeaderValue::from_maybe_shared(head.slice(at(vs, ve))),
-        ) {
-            (Ok(name), Ok(value)) => {
-                headers.append(name, value);
-            }
-            _ => valid = false,
-        }
-    }
-    let Ok(uri) = uri.map_err(drop).and_then(|u| if valid { Ok(u) } else { Err(()) }) else {
+        Some((uri, headers))
+    };
+    let Some((uri, headers)) = built() else {
         // Put the head back in front of what followed it, for hyper to refuse.
         let mut whole = BytesMut::with_capacity(head.len() + buf.len());
         whole.extend_from_slice(&head);

@@ -31,7 +31,7 @@ use tokio::time::Instant as TokioInstant;
 
 use super::client::{ConnectionLimit, OutgoingBody, UpstreamError, UpstreamResponseBody};
 use super::h1pool::Encoded;
-use super::headers::strip_hop_by_hop;
+use super::headers::{has_token, strip_hop_by_hop};
 use super::limits::{DownstreamBodyError, Refusals, Refused, RequestBody};
 use super::{local_reply, ProxyBody};
 use crate::cluster::Cluster;
@@ -195,11 +195,7 @@ fn upstream_uri(cluster: &Cluster, endpoint: &Authority, pq: PathAndQuery) -> Re
 fn is_upgrade(req: &Request<RequestBody>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
-        && req
-            .headers()
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+        && req.headers().get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"upgrade"))
 }
 
 /// One try to `endpoint`, no policy but the whole-request timeout's `deadline` on the wait
