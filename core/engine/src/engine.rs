@@ -1,4 +1,4 @@
-//! The engine: a tokio runtime of its own, the current tables behind one `ArcSwap`, the
+//! The engine: its worker threads (workers.rs), the current tables behind one `ArcSwap`, the
 //! running listeners, and the control operations (apply, drain, stats).
 //!
 //! Control operations are serialised by one mutex and run on the caller's thread; requests
@@ -21,6 +21,7 @@ use crate::listener::{self, Server};
 use crate::metrics::{Gauge, Metrics};
 use crate::observe::tap::{TapFilter, TapSubscription};
 use crate::tables::{self, HealthCache, Tables, UpstreamCache};
+use crate::workers::Workers;
 
 /// What requests share: the tables and the metrics.
 #[derive(Debug, Default)]
@@ -60,40 +61,20 @@ struct Control {
 }
 
 pub struct Engine {
-    runtime: Option<tokio::runtime::Runtime>,
-    /// Sockets (and accept loops) per proxy listener: one per runtime worker.
-    accept_loops: usize,
+    /// One runtime per worker thread; a proxy listener has one socket and accept loop on each.
+    workers: Workers,
     shared: Arc<Shared>,
     control: Mutex<Control>,
 }
 
 impl Engine {
     pub fn new(options: EngineOptions) -> Result<Self, Error> {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        let accept_loops = options
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
-        if let Some(n) = options.workers {
-            if n == 0 {
-                return Err(Error::config("workers", "must be at least 1"));
-            }
-            builder.worker_threads(n);
-        }
-        let runtime = builder
-            .enable_all()
-            .thread_name("pymesh-worker")
-            .build()
-            .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
-        Ok(Self {
-            runtime: Some(runtime),
-            accept_loops: accept_loops.max(1),
-            shared: Arc::default(),
-            control: Mutex::default(),
-        })
-    }
-
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime.as_ref().expect("the runtime lives until drop")
+        let count = match options.workers {
+            Some(0) => return Err(Error::config("workers", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        };
+        Ok(Self { workers: Workers::start(count)?, shared: Arc::default(), control: Mutex::default() })
     }
 
     fn control(&self) -> MutexGuard<'_, Control> {
@@ -159,7 +140,7 @@ impl Engine {
         // Bind every new socket before anything changes; if one fails, the others close.
         let mut bound = Vec::with_capacity(to_bind.len());
         for (i, slot, addr) in to_bind {
-            let socket = listener::bind(addr, self.accept_loops).map_err(|e| {
+            let socket = listener::bind(addr, self.workers.count()).map_err(|e| {
                 Error::bind(format!("listeners.{i}.listen"), format!("cannot bind {addr}: {e}"))
             })?;
             bound.push((i, slot, socket));
@@ -173,7 +154,7 @@ impl Engine {
         control.upstreams = upstreams;
         control.next_slot = next_slot;
 
-        let _entered = self.runtime().enter();
+        let _entered = self.workers.enter();
         // Health checkers: start the new groups, stop those no cluster keeps.
         for group in health.values() {
             group.start();
@@ -218,6 +199,7 @@ impl Engine {
         let shared = Arc::clone(&self.shared);
         listener::serve(
             socket,
+            self.workers.handles(),
             Arc::clone(&stats.active_connections),
             Some(stats),
             move |stream, peer, stop| {
@@ -232,21 +214,27 @@ impl Engine {
         let addr: SocketAddr = listen
             .parse()
             .map_err(|_| Error::config("listen", format!("{listen:?} is not an ip:port address")))?;
-        let socket =
-            listener::bind(addr, 1).map_err(|e| Error::bind("listen", format!("cannot bind {addr}: {e}")))?;
+        let socket = listener::bind(addr, self.workers.count())
+            .map_err(|e| Error::bind("listen", format!("cannot bind {addr}: {e}")))?;
         let bound = socket[0].local_addr().map_err(|e| Error::internal(e.to_string()))?;
         let id = id.map_or_else(|| bound.to_string(), str::to_owned);
         let echo = Arc::new(Echo::new(&id).map_err(|m| Error::config("id", m))?);
-        let _entered = self.runtime().enter();
+        let _entered = self.workers.enter();
         let http = Arc::new(HttpServer::new(&echo::LIMITS));
-        let server = listener::serve(socket, Arc::new(Gauge::default()), None, move |stream, _peer, stop| {
-            let echo = Arc::clone(&echo);
-            let http = Arc::clone(&http);
-            async move {
-                let handle = move |req| Box::pin(echo::respond(Arc::clone(&echo), req));
-                http.serve(stream, handle, false, false, stop, None).await;
-            }
-        })
+        let server = listener::serve(
+            socket,
+            self.workers.handles(),
+            Arc::new(Gauge::default()),
+            None,
+            move |stream, _peer, stop| {
+                let echo = Arc::clone(&echo);
+                let http = Arc::clone(&http);
+                async move {
+                    let handle = move |req| Box::pin(echo::respond(Arc::clone(&echo), req));
+                    http.serve(stream, handle, false, false, stop, None).await;
+                }
+            },
+        )
         .map_err(|e| Error::internal(format!("cannot serve echo: {e}")))?;
         self.control().echoes.push(server);
         Ok(bound)
@@ -412,9 +400,7 @@ impl Drop for Engine {
                 s.stop();
             }
         }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        // The workers stop and their threads are joined when `workers` drops, after this.
     }
 }
 

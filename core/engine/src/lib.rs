@@ -26,6 +26,7 @@ mod tcp;
 #[cfg(test)]
 mod testing;
 mod tls;
+mod workers;
 
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, ErrorKind};

@@ -187,9 +187,11 @@ impl Server {
 }
 
 /// Accept on each of `sockets` (one port, from [`bind`]) and run `handle(stream, peer, stop)`
-/// for each connection on its own task. Must be called within the runtime.
-pub(crate) fn serve<F, Fut>(
+/// for each connection on its own task. Socket `i` is served by runtime `i` of `workers`
+/// (round the list again if there are more sockets), and its connections stay there.
+pub(crate) fn serve<'w, F, Fut>(
     sockets: Vec<std::net::TcpListener>,
+    workers: impl Iterator<Item = &'w tokio::runtime::Handle> + Clone,
     active: Arc<Gauge>,
     accepted: Option<Arc<ListenerStats>>,
     handle: F,
@@ -204,7 +206,9 @@ where
     let addr = first.local_addr()?;
     let (stop, stopped) = Stop::new();
     let handle = Arc::new(handle);
-    for socket in sockets {
+    for (socket, worker) in sockets.into_iter().zip(workers.cycle()) {
+        // Registered with that worker's reactor, and the loop spawned on it.
+        let _on = worker.enter();
         let listener = TcpListener::from_std(socket)?;
         accept_loop(listener, stopped.clone(), Arc::clone(&active), accepted.clone(), Arc::clone(&handle));
     }
