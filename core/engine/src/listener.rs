@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -289,11 +290,22 @@ pub(crate) async fn proxy_connection(
                     let mut ex = Exchange::begin(&http.observe, &shared.tap, &mut req, peer);
                     ex.active = Some(GaugeGuard::new(Arc::clone(&http.stats.active_requests)));
                     let refusals = Refusals { errors: &http.stats.protocol_errors, replies: &http.unrouted };
-                    let admitted = limits::admit(req, &http.limits, &refusals);
                     // Boxed: the server keeps the answer's future inline in every connection's
                     // state and moves it there per request; boxed, an idle connection holds
-                    // a pointer instead of the whole request path's state (about 2 KiB).
-                    Box::pin(proxy::handle(Arc::clone(&shared), Arc::clone(&kind), slot, peer, admitted, ex))
+                    // a pointer instead of the whole request path's state (about 1 KiB).
+                    let answer: Pin<Box<dyn Future<Output = _> + Send>> =
+                        match limits::admit(req, &http.limits, &refusals) {
+                            Ok(req) => Box::pin(proxy::handle(
+                                Arc::clone(&shared),
+                                Arc::clone(&kind),
+                                slot,
+                                peer,
+                                req,
+                                ex,
+                            )),
+                            Err(refusal) => Box::pin(std::future::ready(proxy::refused(refusal, ex))),
+                        };
+                    answer
                 }
             };
             let errors = Some(&http.stats.protocol_errors);
@@ -385,6 +397,17 @@ mod tests {
                 super::proxy_connection,
             );
         assert!(size <= 3072, "{size} bytes");
+    }
+
+    /// Each request's answer is this future, copied whole into its box: the plain path is
+    /// inline and the rest boxed (3.3 KiB before, 1.3 KiB after).
+    #[test]
+    fn a_requests_future_stays_small() {
+        fn size_of_future<A, B, C, D, E, G, Fut>(_: fn(A, B, C, D, E, G) -> Fut) -> usize {
+            std::mem::size_of::<Fut>()
+        }
+        let size = size_of_future(crate::http::proxy::handle);
+        assert!(size <= 1536, "{size} bytes");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant as TokioInstant;
 
 use super::client::{ConnectionLimit, OutgoingBody, UpstreamError, UpstreamResponseBody};
-use super::h1pool::Encoded;
+use super::h1pool::{Encoded, H1Pool};
 use super::headers::{has_token, strip_hop_by_hop};
 use super::limits::{DownstreamBodyError, Refusals, Refused, RequestBody};
 use super::{local_reply, ProxyBody};
@@ -54,117 +54,154 @@ const DEFAULT_BUFFER_LIMIT: u64 = 64 * 1024;
 /// the refusal `limits::admit` made of it, or the request path's answer; what the request
 /// path learns goes into `ex` (observe.rs), which the answer's body carries to its end.
 ///
-/// One async fn from admission to answer, not several nested: each layer's future would be
-/// moved whole into the one above it on every request.
-pub(crate) async fn handle(
+/// One future from admission to answer, not several nested: each layer's future would be
+/// moved whole into the one above it on every request. Written as a function returning an
+/// `async move` block, not an `async fn`: an `async fn` stores its arguments twice in its
+/// future (as captured and again as locals), and this future is copied into its box once per
+/// request (1,344 bytes this way, 1,912 as an `async fn`).
+#[allow(clippy::manual_async_fn, reason = "an async fn's future holds its arguments twice")]
+pub(crate) fn handle(
     shared: Arc<Shared>,
     kind: Arc<ListenerKind>,
     slot: usize,
     peer: SocketAddr,
-    admitted: Result<Request<RequestBody>, Response<ProxyBody>>,
+    mut req: Request<RequestBody>,
     mut ex: Exchange,
-) -> Response<ObservedBody> {
-    let mut req = match admitted {
-        Ok(req) => req,
-        Err(refusal) => {
-            ex.flags.set(Flags::DOWNSTREAM_PROTOCOL_ERROR);
-            return ex.finish(refusal);
-        }
-    };
-    let resp = 'answer: {
-        let target = {
-            let tables = shared.tables.load();
-            let Some(listener) = tables.listener(slot) else {
-                // The listener was removed from the config while this connection was open.
-                break 'answer local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n");
-            };
-            // --- routing: match, then forward or answer locally (http/actions.rs) ---
-            match listener.router.find(&req) {
-                Some(route) => {
-                    ex.route = Some(Arc::clone(&route.name));
-                    match &route.action {
-                        RouteAction::Forward(weighted) => Arc::clone(weighted.pick()),
-                        RouteAction::Local(local) => {
-                            ex.route_stats = Some(local.route_stats());
-                            break 'answer local.respond(&req);
+) -> impl std::future::Future<Output = Response<ObservedBody>> + Send + 'static {
+    async move {
+        let resp = 'answer: {
+            let target = {
+                let tables = shared.tables.load();
+                let Some(listener) = tables.listener(slot) else {
+                    // The listener was removed from the config while this connection was open.
+                    break 'answer local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n");
+                };
+                // --- routing: match, then forward or answer locally (http/actions.rs) ---
+                match listener.router.find(&req) {
+                    Some(route) => {
+                        ex.route = Some(Arc::clone(&route.name));
+                        match &route.action {
+                            RouteAction::Forward(weighted) => Arc::clone(weighted.pick()),
+                            RouteAction::Local(local) => {
+                                ex.route_stats = Some(local.route_stats());
+                                break 'answer local.respond(&req);
+                            }
                         }
                     }
+                    None => {
+                        ex.flags.set(Flags::NO_ROUTE);
+                        listener.unrouted.record(404);
+                        break 'answer local_reply(StatusCode::NOT_FOUND, "no route matched\n");
+                    }
                 }
-                None => {
-                    ex.flags.set(Flags::NO_ROUTE);
-                    listener.unrouted.record(404);
-                    break 'answer local_reply(StatusCode::NOT_FOUND, "no route matched\n");
-                }
-            }
-        };
+            };
 
-        let cluster = &target.cluster;
-        ex.cluster = Some(Arc::clone(&cluster.name));
-        ex.route_stats = Some(Arc::clone(&target.route_stats));
-        ex.target_stats = Some(Arc::clone(&target.counters));
-        // --- metrics: the body counts its bytes into the route's counter as it streams ---
-        if !req.body().is_end_stream() {
-            req.body_mut().count_into(Arc::clone(&target.route_stats));
-        }
-        cluster.policy.budget.record_request(ex.started());
-        // The plain path: no policy beyond the whole-request timeout (on by default), to a
-        // cluster with no breaker or outlier detection. One try, so the timeout is a deadline on
-        // that try; the policy path's machinery (and its future, 3.6 KiB moved per request) is
-        // boxed away for the routes that use it.
-        let deadline = match target.policy.as_deref() {
-            None => Some(None),
-            Some(p) if p.only_timeout() => Some(p.timeout.map(|t| TokioInstant::from_std(ex.started()) + t)),
-            Some(_) => None,
-        };
-        let plain = cluster.policy.breaker.is_none() && cluster.policy.outlier.is_none();
-        let mut resp = if let (true, Some(deadline)) = (plain, deadline) {
-            // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on
-            // it (least_request, ewma) until the response head is back. None in rotation: 503.
-            let Some((endpoint, mut in_flight)) = cluster.pick(req.headers(), peer) else {
-                ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
-                let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
-                target.counters.record(resp.status().as_u16());
-                break 'answer resp;
-            };
-            // --- end load balancing
-            let resp = match prepare(&target, &mut req) {
-                Ok(pq) => {
-                    // --- routing: host rewrite and request header edits ---
-                    target.actions.apply_request(req.headers_mut());
-                    forward(cluster, endpoint, req, pq, deadline, &mut ex).await
-                }
-                Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
-            };
-            // --- load balancing: a local 502/503 here means the endpoint gave no answer (connect
-            // failure, reset), which ewma must not take for a fast one.
-            if matches!(resp.body(), Either::Right(_)) && resp.status().is_server_error() {
-                in_flight.failed();
+            let cluster = &target.cluster;
+            ex.cluster = Some(Arc::clone(&cluster.name));
+            ex.route_stats = Some(Arc::clone(&target.route_stats));
+            ex.target_stats = Some(Arc::clone(&target.counters));
+            // --- metrics: the body counts its bytes into the route's counter as it streams ---
+            if !req.body().is_end_stream() {
+                req.body_mut().count_into(Arc::clone(&target.route_stats));
             }
-            resp
-        } else {
-            match prepare(&target, &mut req) {
-                Ok(pq) => {
-                    target.actions.apply_request(req.headers_mut());
-                    Box::pin(forward_with_policy(&target, target.policy.as_deref(), peer, req, pq, &mut ex))
+            cluster.policy.budget.record_request(ex.started());
+            // The plain path: no policy beyond the whole-request timeout (on by default), to a
+            // cluster with no breaker or outlier detection. One try, so the timeout is a deadline on
+            // that try; the policy path's machinery (and its future, 3.6 KiB moved per request) is
+            // boxed away for the routes that use it.
+            let deadline = match target.policy.as_deref() {
+                None => Some(None),
+                Some(p) if p.only_timeout() => {
+                    Some(p.timeout.map(|t| TokioInstant::from_std(ex.started()) + t))
+                }
+                Some(_) => None,
+            };
+            let plain = cluster.policy.breaker.is_none() && cluster.policy.outlier.is_none();
+            let mut resp = if let (true, Some(deadline)) = (plain, deadline) {
+                // --- load balancing: pick an endpoint in rotation; `in_flight` counts the request on
+                // it (least_request, ewma) until the response head is back. None in rotation: 503.
+                let Some((endpoint, mut in_flight)) = cluster.pick(req.headers(), peer) else {
+                    ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
+                    let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+                    target.counters.record(resp.status().as_u16());
+                    break 'answer resp;
+                };
+                // --- end load balancing
+                let resp = match prepare(&target, &mut req) {
+                    Ok(pq) => {
+                        // --- routing: host rewrite and request header edits ---
+                        target.actions.apply_request(req.headers_mut());
+                        begin_try(endpoint, &mut ex);
+                        let upgrade = is_upgrade(&req);
+                        // --- a plaintext HTTP/1.1 cluster and no body: our own client sends the
+                        // head as it is encoded here (http/h1pool.rs). Inline, and with `req`
+                        // dropped first: only the head and our client's future are kept across
+                        // the wait. Everything else goes through hyper, boxed.
+                        match own_request(cluster, &mut req, &pq, upgrade) {
+                            Some((h1, encoded)) => {
+                                drop(req);
+                                match Until::new(deadline, h1.send(&encoded, endpoint)).await {
+                                    Some(sent) => {
+                                        let sent = sent.map(|r| r.map(UpstreamResponseBody::Own));
+                                        answered(cluster, sent, None, &mut ex)
+                                    }
+                                    None => request_timed_out(cluster, &mut ex),
+                                }
+                            }
+                            None => {
+                                Box::pin(forward_hyper(
+                                    cluster, endpoint, req, pq, upgrade, deadline, &mut ex,
+                                ))
+                                .await
+                            }
+                        }
+                    }
+                    Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+                };
+                // --- load balancing: a local 502/503 here means the endpoint gave no answer (connect
+                // failure, reset), which ewma must not take for a fast one.
+                if matches!(resp.body(), Either::Right(_)) && resp.status().is_server_error() {
+                    in_flight.failed();
+                }
+                resp
+            } else {
+                match prepare(&target, &mut req) {
+                    Ok(pq) => {
+                        target.actions.apply_request(req.headers_mut());
+                        Box::pin(forward_with_policy(
+                            &target,
+                            target.policy.as_deref(),
+                            peer,
+                            req,
+                            pq,
+                            &mut ex,
+                        ))
                         .await
+                    }
+                    Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
                 }
-                Err(()) => local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
-            }
+            };
+            // --- routing: response header edits ---
+            target.actions.apply_response(resp.headers_mut());
+            target.counters.record(resp.status().as_u16());
+            // The duration is recorded when the response ends (observe.rs).
+            resp
         };
-        // --- routing: response header edits ---
-        target.actions.apply_response(resp.headers_mut());
-        target.counters.record(resp.status().as_u16());
-        // The duration is recorded when the response ends (observe.rs).
-        resp
-    };
-    // --- hardening: a refusal the request path made (a body over the limit) is counted ---
-    if let ListenerKind::Http(http) = &*kind {
-        let refusals = Refusals { errors: &http.stats.protocol_errors, replies: &http.unrouted };
-        if refusals.count(&resp) {
-            ex.flags.set(Flags::DOWNSTREAM_PROTOCOL_ERROR);
+        // --- hardening: a refusal the request path made (a body over the limit) is counted ---
+        if let ListenerKind::Http(http) = &*kind {
+            let refusals = Refusals { errors: &http.stats.protocol_errors, replies: &http.unrouted };
+            if refusals.count(&resp) {
+                ex.flags.set(Flags::DOWNSTREAM_PROTOCOL_ERROR);
+            }
         }
+        ex.finish(resp)
     }
-    ex.finish(resp)
+}
+
+/// The answer to a request `limits::admit` refused.
+pub(crate) fn refused(refusal: Response<ProxyBody>, mut ex: Exchange) -> Response<ObservedBody> {
+    ex.flags.set(Flags::DOWNSTREAM_PROTOCOL_ERROR);
+    ex.finish(refusal)
 }
 
 /// The path and query sent upstream (with the route's prefix rewrite). An HTTP/2 request
@@ -198,62 +235,69 @@ fn is_upgrade(req: &Request<RequestBody>) -> bool {
         && req.headers().get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"upgrade"))
 }
 
-/// One try to `endpoint`, no policy but the whole-request timeout's `deadline` on the wait
-/// for the response head: the plain path (and the path of upgrades). The deadline bounds
-/// each wait here rather than wrapping this future, which would be moved whole twice more
-/// per request.
-async fn forward(
+/// What every try records before it is sent.
+fn begin_try(endpoint: &Authority, ex: &mut Exchange) {
+    ex.endpoint = Some(endpoint.clone());
+    ex.attempts = 1;
+    ex.sending_upstream();
+}
+
+/// Our own HTTP/1.1 client and the request encoded for it, when it can carry `req`: a
+/// plaintext HTTP/1.1 cluster, no body, no upgrade.
+fn own_request<'c>(
+    cluster: &'c Cluster,
+    req: &mut Request<RequestBody>,
+    pq: &PathAndQuery,
+    upgrade: bool,
+) -> Option<(&'c H1Pool, Encoded)> {
+    let h1 = cluster.upstream.own_h1().filter(|_| !upgrade && req.body().is_end_stream())?;
+    strip_hop_by_hop(req.headers_mut());
+    Encoded::new(req.method(), pq.as_str(), req.headers(), None, Bytes::new()).map(|e| (h1, e))
+}
+
+/// One try to `endpoint` through hyper-util's client (bodies, upgrades, TLS and HTTP/2
+/// clusters), no policy but the whole-request timeout's `deadline` on the wait for the
+/// response head.
+async fn forward_hyper(
     cluster: &Cluster,
     endpoint: &Authority,
     mut req: Request<RequestBody>,
     pq: PathAndQuery,
+    upgrade: bool,
     deadline: Option<TokioInstant>,
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
-    ex.endpoint = Some(endpoint.clone());
-    ex.attempts = 1;
-    ex.sending_upstream();
-    let upgrade = is_upgrade(&req);
     let protocol = if upgrade { req.headers().get(UPGRADE).cloned() } else { None };
     strip_hop_by_hop(req.headers_mut());
-    // --- a plaintext HTTP/1.1 cluster and no body: our own client sends the head as it is
-    // encoded here, with no upstream URI or request built (http/h1pool.rs) ---
-    let own = match cluster.upstream.own_h1() {
-        Some(h1) if !upgrade && req.body().is_end_stream() => {
-            Encoded::new(req.method(), pq.as_str(), req.headers(), None, Bytes::new()).map(|e| (h1, e))
+    match upstream_uri(cluster, endpoint, pq) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(()) => return local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
+    }
+    let upgrade = if upgrade {
+        let downstream = hyper::upgrade::on(&mut req);
+        req.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(p) = protocol {
+            req.headers_mut().insert(UPGRADE, p);
         }
-        _ => None,
-    };
-    let (result, upgrade) = if let Some((h1, encoded)) = own {
-        let sent = match until(deadline, h1.send(&encoded, endpoint)).await {
-            Some(sent) => sent,
-            None => return request_timed_out(cluster, ex),
-        };
-        (sent.map(|r| r.map(UpstreamResponseBody::Own)), None)
+        Some(downstream)
     } else {
-        match upstream_uri(cluster, endpoint, pq) {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(()) => return local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
-        }
-        let upgrade = if upgrade {
-            let downstream = hyper::upgrade::on(&mut req);
-            req.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(p) = protocol {
-                req.headers_mut().insert(UPGRADE, p);
-            }
-            Some(downstream)
-        } else {
-            None
-        };
-        // hyper-util sends HTTP/1.1 or HTTP/2 by what the pooled connection speaks.
-        *req.version_mut() = Version::HTTP_11;
-        // Boxed: the common path is the one above, and this future (up to 1 KiB) would
-        // otherwise enlarge, and be copied with, every request's future.
-        match until(deadline, Box::pin(cluster.upstream.request(req.map(Either::Left)))).await {
-            Some(sent) => (sent, upgrade),
-            None => return request_timed_out(cluster, ex),
-        }
+        None
     };
+    // hyper-util sends HTTP/1.1 or HTTP/2 by what the pooled connection speaks.
+    *req.version_mut() = Version::HTTP_11;
+    match Until::new(deadline, cluster.upstream.request(req.map(Either::Left))).await {
+        Some(sent) => answered(cluster, sent, upgrade, ex),
+        None => request_timed_out(cluster, ex),
+    }
+}
+
+/// The response of one plain try, or the local reply its failure gets.
+fn answered(
+    cluster: &Cluster,
+    result: Result<Response<UpstreamResponseBody>, UpstreamError>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
     match result {
         Ok(mut resp) => {
             ex.upstream_answered(resp.headers());
@@ -341,7 +385,8 @@ async fn forward_with_policy(
         };
         // Boxed: upgrades are rare, and inline this future would enlarge every policed
         // request's.
-        return Box::pin(forward(cluster, endpoint, req, pq, None, ex)).await;
+        begin_try(endpoint, ex);
+        return Box::pin(forward_hyper(cluster, endpoint, req, pq, true, None, ex)).await;
     }
     // --- policy: whole-request timeout (policy/timeouts.rs), kept as a deadline that each
     // wait in the tries honours, so that a request runs under one timer at a time ---
@@ -560,11 +605,39 @@ async fn forward_with_policy(
     }
 }
 
-/// `fut`'s output, or None if `deadline` came first.
-async fn until<F: std::future::Future>(deadline: Option<TokioInstant>, fut: F) -> Option<F::Output> {
-    match deadline {
-        Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
-        None => Some(fut.await),
+pin_project_lite::pin_project! {
+    /// `fut`'s output, or None if `deadline` came first: `tokio::time::timeout_at` without
+    /// a timer when there is no deadline, and as a plain future rather than an `async fn`,
+    /// which would hold `fut` twice.
+    struct Until<F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F: std::future::Future> Until<F> {
+    fn new(deadline: Option<TokioInstant>, fut: F) -> Self {
+        Self { fut, sleep: deadline.map(tokio::time::sleep_until) }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Until<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(out) = this.fut.poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
+            Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(None),
+            _ => std::task::Poll::Pending,
+        }
     }
 }
 
