@@ -246,7 +246,9 @@ impl Exchange {
 
 /// The `grpc-status` of a response head or trailers, when it carries a number.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+    // A name made once: looked up by `&str`, the name is parsed again on every response.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    headers.get(&GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 
 impl Detail {

@@ -533,7 +533,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, io::Error> {
     Ok(found)
 }
 
-/// Whether a comma-separated header value lists `token` (case-insensitive).
 /// Whether the last item of a comma-separated header value is `token` (case-insensitive).
 fn last_token_is(value: &[u8], token: &[u8]) -> bool {
     value.rsplit(|&b| b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
