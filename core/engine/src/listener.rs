@@ -11,7 +11,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 use crate::engine::Shared;
 use crate::http::limits::{self, Refusals, RequestBody};
@@ -210,15 +212,52 @@ where
     for (socket, worker) in sockets.into_iter().zip(workers.cycle()) {
         // Registered with that worker's reactor, and the loop spawned on it.
         let _on = worker.enter();
-        let listener = TcpListener::from_std(socket)?;
+        let listener = Listener::new(socket)?;
         accept_loop(listener, stopped.clone(), Arc::clone(&active), accepted.clone(), Arc::clone(&handle));
     }
     Ok(Server { addr, stop, active })
 }
 
+/// A listening socket that accepts connections without tokio's assumption that a new
+/// connection is readable at once.
+///
+/// tokio's `TcpListener::accept` marks each accepted stream readable and writable before the
+/// reactor has said so, so that its first read is tried at once. Under load that read mostly
+/// finds nothing: the client's request has not arrived when its handshake completes.
+/// Measured on `h1-new-connection`, 0.98 failed `recvfrom` per connection (2.98 per request
+/// against nginx's 2.00). Accepted here with `accept4` (non-blocking, close-on-exec, as
+/// tokio does) and registered afresh, a stream's first read waits for the reactor's event,
+/// as in nginx.
+struct Listener(AsyncFd<Socket>);
+
+impl Listener {
+    // tokio deprecates the safe constructor for types whose fd could change or close under
+    // it, and its replacement is `unsafe`, which this crate forbids. A `Socket` owns its fd
+    // and keeps it until dropped with the `AsyncFd`: the condition holds.
+    #[allow(deprecated, reason = "sound for a Socket, which owns its fd; see above")]
+    fn new(socket: std::net::TcpListener) -> std::io::Result<Self> {
+        AsyncFd::with_interest(Socket::from(socket), Interest::READABLE).map(Self)
+    }
+
+    async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            match ready.try_io(|fd| fd.get_ref().accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)) {
+                Ok(accepted) => {
+                    let (socket, peer) = accepted?;
+                    let peer = peer.as_socket().ok_or_else(|| std::io::Error::other("not an IP peer"))?;
+                    return Ok((TcpStream::from_std(socket.into())?, peer));
+                }
+                // Nothing left to accept: readiness is cleared, wait for the next connection.
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
 /// One socket's accept loop, until `stopped` fires.
 fn accept_loop<F, Fut>(
-    listener: TcpListener,
+    listener: Listener,
     mut stopped: Stop,
     gauge: Arc<Gauge>,
     accepted: Option<Arc<ListenerStats>>,
