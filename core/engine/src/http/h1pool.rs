@@ -300,8 +300,9 @@ impl H1Pool {
         endpoint: Authority,
         is_head: bool,
     ) -> Result<Response<H1Body>, Box<dyn std::error::Error + Send + Sync>> {
-        let Head { status, version, headers } = head;
+        let Head { status, version, headers, close } = head;
         let (framing, keep_alive) = framing(status, version, &headers, is_head)?;
+        let keep_alive = keep_alive && !close;
         let mut body =
             H1Body { conn: Some(conn), framing, keep_alive, pool: Arc::clone(&self.idle), endpoint };
         if matches!(body.framing, Framing::Length(0)) {
@@ -380,7 +381,11 @@ impl Encoded {
 struct Head {
     status: StatusCode,
     version: Version,
+    /// Without the hop-by-hop `Keep-Alive`, and without `Connection` unless it names other
+    /// headers (which `strip_hop_by_hop` then removes with it).
     headers: HeaderMap,
+    /// `Connection: close`: the endpoint closes after this response.
+    close: bool,
 }
 
 /// An exchange that failed, and whether any of the response had arrived.
@@ -438,6 +443,7 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     // (name start, name end, value start, value end) of each header, as offsets into `buf`
     // (the read buffer is far below 4 GiB, so u32 holds them: half the stack to clear).
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut close = false;
     let (len, code, minor, count) = {
         // httparse fills these; left uninitialized, they cost nothing per response.
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -455,7 +461,27 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+            let name = h.name.as_bytes();
+            // Hop-by-hop headers that only describe this connection are read here and never
+            // enter the map (every keep-alive response of an HTTP/1.1 upstream has one, and
+            // `strip_hop_by_hop` would take it out again): an empty name span skips it.
+            if name.eq_ignore_ascii_case(b"connection") {
+                close |= has_token(h.value, b"close");
+                let others = h.value.split(|&b| b == b',').any(|t| {
+                    let t = t.trim_ascii();
+                    !t.is_empty()
+                        && !t.eq_ignore_ascii_case(b"close")
+                        && !t.eq_ignore_ascii_case(b"keep-alive")
+                });
+                if !others {
+                    *span = (0, 0, 0, 0);
+                    continue;
+                }
+            } else if name.eq_ignore_ascii_case(b"keep-alive") {
+                *span = (0, 0, 0, 0);
+                continue;
+            }
+            let (name, value) = (offset(name), offset(h.value));
             *span = (name, name + h.name.len() as u32, value, value + h.value.len() as u32);
         }
         (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1), resp.headers.len())
@@ -464,14 +490,14 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    for &(ns, ne, vs, ve) in spans[..count].iter().filter(|span| span.0 != span.1) {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| invalid("bad response header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| invalid("bad response header value"))?;
         headers.append(name, value);
     }
-    Ok(Some(Head { status, version, headers }))
+    Ok(Some(Head { status, version, headers, close }))
 }
 
 /// How a response body ends (RFC 9112 §6.3), and whether the connection can carry another

@@ -312,3 +312,27 @@ async fn a_connection_idle_past_the_pool_timeout_is_closed_not_reused() {
     collect(up.request(request(s.addr, Method::GET, b"")).await.unwrap()).await.unwrap();
     assert_eq!(s.accepted.load(Ordering::SeqCst), 2, "the expired connection was not reused");
 }
+
+#[tokio::test]
+async fn connection_headers_are_read_not_kept_and_close_ends_the_connection() {
+    let s = scripted(vec![
+        // Keep-alive tokens only: neither header reaches the response.
+        Answer::Send(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\ncontent-length: 1\r\n\r\na"),
+        // The upstream keeps the socket open: only the header says not to reuse it.
+        Answer::Send(b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 1\r\n\r\nb"),
+        // Naming another header: kept, for strip_hop_by_hop to remove both.
+        Answer::Send(b"HTTP/1.1 200 OK\r\nConnection: x-private\r\nx-private: 1\r\ncontent-length: 1\r\n\r\nc"),
+    ])
+    .await;
+    let up = upstream();
+    let a = up.request(request(s.addr, Method::GET, b"")).await.unwrap();
+    assert!(a.headers().get("connection").is_none() && a.headers().get("keep-alive").is_none());
+    assert_eq!(collect(a).await.unwrap().0, "a");
+    let b = up.request(request(s.addr, Method::GET, b"")).await.unwrap();
+    assert!(b.headers().get("connection").is_none());
+    assert_eq!(collect(b).await.unwrap().0, "b");
+    let c = up.request(request(s.addr, Method::GET, b"")).await.unwrap();
+    assert_eq!(c.headers()["connection"], "x-private");
+    assert_eq!(collect(c).await.unwrap().0, "c");
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 2, "Connection: close was not honoured");
+}
