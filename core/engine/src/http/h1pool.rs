@@ -26,7 +26,7 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
@@ -36,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_service::Service;
 
 use super::client::{Counted, CountingConnector, UpstreamError};
-use super::headers::has_token;
+use super::headers::{connection_names, has_token};
 
 /// The transport of a plaintext upstream connection, counted while open (client.rs).
 type Io = TokioIo<Counted<TokioIo<tokio::net::TcpStream>>>;
@@ -301,8 +301,7 @@ impl H1Pool {
         is_head: bool,
     ) -> Result<Response<H1Body>, Box<dyn std::error::Error + Send + Sync>> {
         let Head { status, version, headers, close } = head;
-        let (framing, keep_alive) = framing(status, version, &headers, is_head)?;
-        let keep_alive = keep_alive && !close;
+        let (framing, keep_alive) = framing(status, version, &headers, is_head, close)?;
         let mut body =
             H1Body { conn: Some(conn), framing, keep_alive, pool: Arc::clone(&self.idle), endpoint };
         if matches!(body.framing, Framing::Length(0)) {
@@ -467,13 +466,7 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
             // `strip_hop_by_hop` would take it out again): an empty name span skips it.
             if name.eq_ignore_ascii_case(b"connection") {
                 close |= has_token(h.value, b"close");
-                let others = h.value.split(|&b| b == b',').any(|t| {
-                    let t = t.trim_ascii();
-                    !t.is_empty()
-                        && !t.eq_ignore_ascii_case(b"close")
-                        && !t.eq_ignore_ascii_case(b"keep-alive")
-                });
-                if !others {
+                if connection_names(h.value).next().is_none() {
                     *span = (0, 0, 0, 0);
                     continue;
                 }
@@ -501,16 +494,17 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
 }
 
 /// How a response body ends (RFC 9112 §6.3), and whether the connection can carry another
-/// request after it. What could be read two ways is refused, never guessed: both
-/// `Transfer-Encoding` and `Content-Length`, or lengths that disagree.
+/// request after it (not after `Connection: close`, which the parse read). What could be read
+/// two ways is refused, never guessed: both `Transfer-Encoding` and `Content-Length`, or
+/// lengths that disagree.
 fn framing(
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
     is_head: bool,
+    close: bool,
 ) -> Result<(Framing, bool), Box<dyn std::error::Error + Send + Sync>> {
-    let mut keep_alive = version == Version::HTTP_11
-        && !headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close"));
+    let mut keep_alive = version == Version::HTTP_11 && !close;
     let bodiless = is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let te = headers.get_all(TRANSFER_ENCODING);
     let framing = if te.iter().next().is_some() {
