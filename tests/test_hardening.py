@@ -218,6 +218,114 @@ def test_a_malformed_upstream_response_gets_502_for_that_request_only(
     assert httpx.get(url + "/obs-fold", timeout=10).status_code == 502
 
 
+HEADS = {
+    b"/plain": b"HTTP/1.1 200 OK\r\nServer: raw-up\r\nConnection: keep-alive\r\n"
+    b"Keep-Alive: timeout=5\r\nX-Mixed-Case: v1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+    b"Date: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 5\r\n\r\nhello",
+    b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+    b"5\r\nhello\r\n0\r\n\r\n",
+    b"/named": b"HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: secret\r\n"
+    b"X-Public: 1\r\nContent-Length: 2\r\n\r\nok",
+    b"/bare-lf": b"HTTP/1.1 200 OK\nX-Lf: 1\nContent-Length: 2\n\nok",
+}
+
+
+def read_response(s: socket.socket, buf: bytes = b"") -> tuple[list[bytes], bytes, bytes]:
+    """One HTTP/1.1 response from ``s``: its head's lines, its (decoded) body, and the bytes
+    read past it."""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, buf
+        buf += chunk
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    fields = {
+        k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])
+    }
+    if b"content-length" in fields:
+        n = int(fields[b"content-length"])
+        while len(buf) < n:
+            buf += s.recv(65536)
+        return lines, buf[:n], buf[n:]
+    assert fields.get(b"transfer-encoding") == b"chunked", lines
+    body = b""
+    while True:
+        while b"\r\n" not in buf:
+            buf += s.recv(65536)
+        size, _, buf = buf.partition(b"\r\n")
+        n = int(size, 16)
+        while len(buf) < n + 2:
+            buf += s.recv(65536)
+        body, buf = body + buf[:n], buf[n + 2 :]
+        if n == 0:
+            return lines, body, buf
+
+
+def test_an_upstream_head_passes_as_read_less_this_hops_fields(
+    raw_upstream: Callable[[Callable[[bytes], bytes]], RawUpstream], mesh: Callable[..., Mesh]
+) -> None:
+    # The common answer's header lines are copied as they came (names' case, order, repeats),
+    # less Connection, Keep-Alive and the framing this hop writes itself; a head that is not
+    # plain (a Connection naming a field, bare LF line ends) and a route that edits response
+    # headers take the header map, with the same result on the wire.
+    up = raw_upstream(lambda head: HEADS[head.split(b" ")[1].removeprefix(b"/edit")])
+    edited = {
+        "match": {"path_prefix": "/edit"},
+        "to": [{"cluster": "c"}],
+        "response_headers": {"set": {"server": "pymesh"}, "remove": ["x-mixed-case"]},
+    }
+    m = mesh(
+        {
+            "listeners": [listener("in", [edited, route("c")])],
+            "clusters": [cluster("c", up.address)],
+        }
+    )
+    s = socket.create_connection(addr_of(m.listener("in")), timeout=10)
+    rest = b""
+
+    def ask(path: bytes) -> tuple[list[bytes], bytes]:
+        nonlocal rest
+        s.sendall(b"GET " + path + b" HTTP/1.1\r\nhost: t\r\n\r\n")
+        lines, body, rest = read_response(s, rest)
+        return lines, body
+
+    with s:
+        lines, body = ask(b"/plain")
+        assert lines[0] == b"HTTP/1.1 200 OK" and body == b"hello"
+        assert lines[1:6] == [
+            b"Server: raw-up",
+            b"X-Mixed-Case: v1",
+            b"Set-Cookie: a=1",
+            b"Set-Cookie: b=2",
+            b"Date: Tue, 01 Jan 2030 00:00:00 GMT",
+        ], lines
+        assert [line.lower() for line in lines[6:]] == [b"content-length: 5"], lines
+
+        lines, body = ask(b"/chunked")
+        assert body == b"hello"
+        assert sorted(line.lower() for line in lines[1:] if not line.startswith(b"date:")) == [
+            b"transfer-encoding: chunked",
+            b"x-a: 1",
+        ], lines
+
+        lines, body = ask(b"/named")
+        names = [line.split(b":")[0].lower() for line in lines[1:]]
+        assert body == b"ok" and b"x-public" in names, lines
+        assert b"x-private" not in names and b"connection" not in names, lines
+
+        lines, body = ask(b"/bare-lf")
+        assert body == b"ok" and b"x-lf: 1" in [line.lower() for line in lines], lines
+        assert all(b"\n" not in line for line in lines), lines
+
+        lines, body = ask(b"/edit/plain")
+        fields = [line.lower() for line in lines[1:]]
+        assert body == b"hello" and b"server: pymesh" in fields, lines
+        assert not any(f.startswith(b"x-mixed-case") or f == b"server: raw-up" for f in fields), (
+            lines
+        )
+        assert fields.count(b"set-cookie: a=1") == 1 and fields.count(b"content-length: 5") == 1
+
+
 # === malformed HTTP/2 ===
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

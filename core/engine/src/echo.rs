@@ -215,6 +215,8 @@ pub(crate) enum EchoBody {
     Echo(RequestBody),
 }
 
+impl crate::http::h1server::PassedHead for EchoBody {}
+
 impl Body for EchoBody {
     type Data = Bytes;
     type Error = DownstreamBodyError;

@@ -425,6 +425,15 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl crate::http::h1server::PassedHead for ObservedBody {
+    fn passed_head(&self) -> Option<&crate::http::h1pool::RawHead> {
+        match &self.inner {
+            http_body_util::Either::Left(upstream) => upstream.raw_head(),
+            http_body_util::Either::Right(_) => None,
+        }
+    }
+}
+
 impl Body for ObservedBody {
     type Data = Bytes;
     type Error = <ProxyBody as Body>::Error;

@@ -178,6 +178,8 @@ async fn relay(mut down: TcpStream, cluster: &Cluster, idle: Duration) -> io::Re
         a.and(b)
     };
     tokio::select! {
+        // The work first: the other branches only end it.
+        biased;
         r = both => r,
         () = activity.idle(idle) => Ok(()),
     }

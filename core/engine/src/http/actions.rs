@@ -174,6 +174,13 @@ impl ForwardActions {
         }
     }
 
+    /// Whether the route edits the response's headers (which must then be in its map: an
+    /// upstream head is not passed on as read, h1pool.rs `RawHead`).
+    #[inline]
+    pub(crate) fn edits_response(&self) -> bool {
+        !self.response_headers.is_empty()
+    }
+
     /// Edit the headers of the response going back to the client.
     #[inline]
     pub(crate) fn apply_response(&self, headers: &mut HeaderMap) {

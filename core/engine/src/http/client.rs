@@ -382,9 +382,23 @@ fn whole(body: OutgoingBody) -> bytes::Bytes {
 
 /// An upstream response's body: hyper's, or our HTTP/1.1 client's (h1pool.rs).
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per response, moved whole into its wrapper once: boxing would add an allocation per response"
+)]
 pub(crate) enum UpstreamResponseBody {
     Hyper(Incoming),
     Own(H1Body),
+}
+
+impl UpstreamResponseBody {
+    /// The response head as read, when our own client passes it on that way (h1pool.rs).
+    pub(crate) fn raw_head(&self) -> Option<&super::h1pool::RawHead> {
+        match self {
+            Self::Own(b) => b.raw_head(),
+            Self::Hyper(_) => None,
+        }
+    }
 }
 
 impl Body for UpstreamResponseBody {

@@ -274,7 +274,7 @@ impl H1Pool {
             None => (Box::pin(self.connect(endpoint)).await?, false),
         };
         loop {
-            match exchange(&mut conn, &req.head, &req.body).await {
+            match exchange(&mut conn, req).await {
                 Ok(parsed) => {
                     return self
                         .respond(parsed, conn, endpoint.clone(), req.is_head)
@@ -300,10 +300,10 @@ impl H1Pool {
         endpoint: Authority,
         is_head: bool,
     ) -> Result<Response<H1Body>, Box<dyn std::error::Error + Send + Sync>> {
-        let Head { status, version, headers, close } = head;
-        let (framing, keep_alive) = framing(status, version, &headers, is_head, close)?;
+        let Head { status, version, headers, raw, facts } = head;
+        let (framing, keep_alive) = framing(status, version, facts, is_head)?;
         let mut body =
-            H1Body { conn: Some(conn), framing, keep_alive, pool: Arc::clone(&self.idle), endpoint };
+            H1Body { conn: Some(conn), framing, keep_alive, pool: Arc::clone(&self.idle), endpoint, raw };
         if matches!(body.framing, Framing::Length(0)) {
             body.finish();
         }
@@ -328,6 +328,9 @@ pub(crate) struct Encoded {
     body: Bytes,
     is_head: bool,
     replayable: bool,
+    /// The response head may be passed on as read ([`RawHead`]): the request path sets this
+    /// when our own HTTP/1.1 server answers and nothing reads or edits the response headers.
+    pub(crate) pass_head: bool,
 }
 
 impl Encoded {
@@ -371,7 +374,13 @@ impl Encoded {
             let _ = write!(out, "content-length: {}\r\n", body.len());
         }
         out.extend_from_slice(b"\r\n");
-        Some(Self { head: out, body, is_head: *method == Method::HEAD, replayable: is_idempotent(method) })
+        Some(Self {
+            head: out,
+            body,
+            is_head: *method == Method::HEAD,
+            replayable: is_idempotent(method),
+            pass_head: false,
+        })
     }
 }
 
@@ -381,10 +390,98 @@ struct Head {
     status: StatusCode,
     version: Version,
     /// Without the hop-by-hop `Keep-Alive`, and without `Connection` unless it names other
-    /// headers (which `strip_hop_by_hop` then removes with it).
+    /// headers (which `strip_hop_by_hop` then removes with it). Empty when `raw` holds them.
     headers: HeaderMap,
+    /// The head as read, when it is passed on that way (see [`RawHead`]).
+    raw: Option<RawHead>,
+    /// How its body is framed, read from its headers.
+    facts: Facts,
+}
+
+/// What the framing of a response depends on, read while its head is parsed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Facts {
     /// `Connection: close`: the endpoint closes after this response.
     close: bool,
+    /// `Transfer-Encoding` is present, and whether its last coding is `chunked`.
+    chunked: Option<bool>,
+    /// The one length all `Content-Length` fields agree on.
+    length: Option<u64>,
+    /// A `Date` field is present.
+    date: bool,
+}
+
+/// Header lines a [`RawHead`] may leave out (this hop's own: `Connection`, `Keep-Alive`,
+/// `Transfer-Encoding`, `Content-Length`); a head with more takes the map.
+const MAX_HOLES: usize = 4;
+
+/// An upstream's response head handed downstream as it was read, when our own HTTP/1.1
+/// server answers the request (http/h1server.rs) and nothing on the way reads or edits the
+/// response's headers (the request path decides: `Encoded::pass_head`). Its header lines are
+/// then copied to the client as one block, less the lines this hop owns, instead of being
+/// parsed into a `HeaderMap` (a name lookup and a shared-buffer reference count per field)
+/// and encoded again: nginx and HAProxy pass header lines this way too. Only a plain head
+/// takes this form: every line ends in CRLF, and no field asks for more than removal
+/// (another hop-by-hop field, a `Connection` that names fields, `grpc-status`); any other goes
+/// through the map as before.
+#[derive(Debug)]
+pub(crate) struct RawHead {
+    head: Bytes,
+    /// The header lines: from the first field's name to the blank line that ends the head.
+    lines: (u32, u32),
+    /// Lines left out, in order.
+    holes: [(u32, u32); MAX_HOLES],
+    holes_len: u8,
+    /// The `Content-Length` it stated (a line left out: the server writes the length).
+    pub(crate) length: Option<u64>,
+    /// Whether it has a `Date` line.
+    pub(crate) date: bool,
+}
+
+impl RawHead {
+    /// Append the header lines passed on (each ending in CRLF).
+    pub(crate) fn write_lines(&self, out: &mut Vec<u8>) {
+        let mut at = self.lines.0 as usize;
+        for &(start, end) in &self.holes[..usize::from(self.holes_len)] {
+            out.extend_from_slice(&self.head[at..start as usize]);
+            at = end as usize;
+        }
+        out.extend_from_slice(&self.head[at..self.lines.1 as usize]);
+    }
+}
+
+/// The response fields this client reads by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Connection,
+    KeepAlive,
+    TransferEncoding,
+    ContentLength,
+    Date,
+    /// One a passed head cannot carry (`TE`, `Trailer`, `Upgrade`, `Proxy-Connection`,
+    /// `Proxy-Authorization`, `grpc-status`): the response takes the map.
+    Special,
+    Other,
+}
+
+impl Field {
+    /// Compared by length first: most names match none and cost one comparison.
+    fn of(name: &[u8]) -> Self {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            2 if is(b"te") => Self::Special,
+            4 if is(b"date") => Self::Date,
+            7 if is(b"trailer") || is(b"upgrade") => Self::Special,
+            10 if is(b"connection") => Self::Connection,
+            10 if is(b"keep-alive") => Self::KeepAlive,
+            11 if is(b"grpc-status") => Self::Special,
+            14 if is(b"content-length") => Self::ContentLength,
+            16 if is(b"proxy-connection") => Self::Special,
+            17 if is(b"transfer-encoding") => Self::TransferEncoding,
+            19 if is(b"proxy-authorization") => Self::Special,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// An exchange that failed, and whether any of the response had arrived.
@@ -398,8 +495,8 @@ fn invalid(msg: &'static str) -> io::Error {
 }
 
 /// Write the request, then read its final response head (informational ones are skipped).
-async fn exchange(conn: &mut Conn, head: &[u8], body: &Bytes) -> Result<Head, Failed> {
-    let mut out = Buf::chain(head, &body[..]);
+async fn exchange(conn: &mut Conn, req: &Encoded) -> Result<Head, Failed> {
+    let mut out = Buf::chain(&req.head[..], &req.body[..]);
     if let Err(error) = conn.io.write_all_buf(&mut out).await {
         return Err(Failed { error, answered: false });
     }
@@ -407,7 +504,7 @@ async fn exchange(conn: &mut Conn, head: &[u8], body: &Bytes) -> Result<Head, Fa
     loop {
         if !conn.buf.is_empty() {
             answered = true;
-            match parse_head(&mut conn.buf) {
+            match parse_head(&mut conn.buf, req.pass_head) {
                 Ok(Some(head)) if head.status.is_informational() => {
                     // 100 Continue, 103 Early Hints: the final answer follows. 101 cannot
                     // come, since upgrades do not take this path.
@@ -436,13 +533,19 @@ async fn exchange(conn: &mut Conn, head: &[u8], body: &Bytes) -> Result<Head, Fa
     }
 }
 
-/// Parse a response head at the start of `buf`, consuming it when complete. Header values
-/// are views of the head's bytes, not copies.
-fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
+/// Parse a response head at the start of `buf`, consuming it when complete: into a
+/// [`RawHead`] when `pass` allows and the head is plain, else into a map whose values are
+/// views of the head's bytes, not copies. Either way its framing fields are read here, and
+/// what could be read two ways is refused (conflicting lengths).
+fn parse_head(buf: &mut BytesMut, pass: bool) -> io::Result<Option<Head>> {
     // (name start, name end, value start, value end) of each header, as offsets into `buf`
     // (the read buffer is far below 4 GiB, so u32 holds them: half the stack to clear).
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let mut close = false;
+    // Fields that never enter the map (bit i: header i), and the lines a passed head leaves out.
+    let mut unmapped = 0u128;
+    let mut holes = 0u128;
+    let mut facts = Facts::default();
+    let mut plain = pass;
     let (len, code, minor, count) = {
         // httparse fills these; left uninitialized, they cost nothing per response.
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -459,68 +562,129 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
         };
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        for (i, (span, h)) in spans.iter_mut().zip(resp.headers.iter()).enumerate() {
             let name = h.name.as_bytes();
-            // Hop-by-hop headers that only describe this connection are read here and never
-            // enter the map (every keep-alive response of an HTTP/1.1 upstream has one, and
-            // `strip_hop_by_hop` would take it out again): an empty name span skips it.
-            if name.eq_ignore_ascii_case(b"connection") {
-                close |= has_token(h.value, b"close");
-                if connection_names(h.value).next().is_none() {
-                    *span = (0, 0, 0, 0);
-                    continue;
+            let (n, v) = (offset(name), offset(h.value));
+            *span = (n, n + name.len() as u32, v, v + h.value.len() as u32);
+            match Field::of(name) {
+                // Hop-by-hop headers that only describe this connection are read here and
+                // never enter the map (every keep-alive response of an HTTP/1.1 upstream has
+                // one, and `strip_hop_by_hop` would take it out again).
+                Field::Connection => {
+                    facts.close |= has_token(h.value, b"close");
+                    if connection_names(h.value).next().is_none() {
+                        unmapped |= 1 << i;
+                        holes |= 1 << i;
+                    } else {
+                        plain = false;
+                    }
                 }
-            } else if name.eq_ignore_ascii_case(b"keep-alive") {
-                *span = (0, 0, 0, 0);
-                continue;
+                Field::KeepAlive => {
+                    unmapped |= 1 << i;
+                    holes |= 1 << i;
+                }
+                Field::TransferEncoding => {
+                    facts.chunked = Some(last_token_is(h.value, b"chunked"));
+                    holes |= 1 << i;
+                }
+                Field::ContentLength => {
+                    for n in content_lengths(h.value) {
+                        let n = n?;
+                        if facts.length.is_some_and(|f| f != n) {
+                            return Err(invalid("conflicting Content-Length"));
+                        }
+                        facts.length = Some(n);
+                    }
+                    holes |= 1 << i;
+                }
+                Field::Date => facts.date = true,
+                Field::Special => plain = false,
+                Field::Other => {}
             }
-            let (name, value) = (offset(name), offset(h.value));
-            *span = (name, name + h.name.len() as u32, value, value + h.value.len() as u32);
         }
         (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1), resp.headers.len())
     };
     let status = StatusCode::from_u16(code).map_err(|_| invalid("bad response status"))?;
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     let head = buf.split_to(len).freeze();
+    let spans = &spans[..count];
+    if plain && holes.count_ones() as usize <= MAX_HOLES {
+        if let Some(raw) = RawHead::of(&head, spans, holes, facts) {
+            return Ok(Some(Head { status, version, headers: HeaderMap::new(), raw: Some(raw), facts }));
+        }
+    }
     let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in spans[..count].iter().filter(|span| span.0 != span.1) {
+    for (i, &(ns, ne, vs, ve)) in spans.iter().enumerate() {
+        if unmapped & (1 << i) != 0 {
+            continue;
+        }
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| invalid("bad response header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| invalid("bad response header value"))?;
         headers.append(name, value);
     }
-    Ok(Some(Head { status, version, headers, close }))
+    Ok(Some(Head { status, version, headers, raw: None, facts }))
+}
+
+impl RawHead {
+    /// The passed form of `head`, whose fields are at `spans` and whose lines marked in
+    /// `holes` are left out; None if a line does not end in CRLF (httparse also takes a bare
+    /// LF, which is not passed on: the map's encoding writes CRLF).
+    fn of(head: &Bytes, spans: &[(u32, u32, u32, u32)], holes: u128, facts: Facts) -> Option<Self> {
+        let crlf_before = |at: u32| at >= 2 && head.get(at as usize - 2..at as usize) == Some(b"\r\n");
+        let end = u32::try_from(head.len()).ok()? - 2;
+        if !crlf_before(end + 2) || !crlf_before(end) {
+            return None;
+        }
+        let mut raw = Self {
+            head: head.clone(),
+            lines: (spans.first().map_or(end, |s| s.0), end),
+            holes: [(0, 0); MAX_HOLES],
+            holes_len: 0,
+            length: facts.length,
+            date: facts.date,
+        };
+        for (i, span) in spans.iter().enumerate() {
+            // Each line runs to the next one's name (or to the blank line).
+            let next = spans.get(i + 1).map_or(end, |s| s.0);
+            if !crlf_before(span.0) || !crlf_before(next) {
+                return None;
+            }
+            if holes & (1 << i) != 0 {
+                raw.holes[usize::from(raw.holes_len)] = (span.0, next);
+                raw.holes_len += 1;
+            }
+        }
+        Some(raw)
+    }
 }
 
 /// How a response body ends (RFC 9112 §6.3), and whether the connection can carry another
 /// request after it (not after `Connection: close`, which the parse read). What could be read
-/// two ways is refused, never guessed: both `Transfer-Encoding` and `Content-Length`, or
-/// lengths that disagree.
+/// two ways is refused, never guessed: both `Transfer-Encoding` and `Content-Length`.
 fn framing(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    facts: Facts,
     is_head: bool,
-    close: bool,
 ) -> Result<(Framing, bool), Box<dyn std::error::Error + Send + Sync>> {
-    let mut keep_alive = version == Version::HTTP_11 && !close;
+    let mut keep_alive = version == Version::HTTP_11 && !facts.close;
     let bodiless = is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let te = headers.get_all(TRANSFER_ENCODING);
-    let framing = if te.iter().next().is_some() {
-        if headers.contains_key(CONTENT_LENGTH) {
+    let framing = if let Some(chunked) = facts.chunked {
+        if facts.length.is_some() {
             return Err(invalid("response has both Transfer-Encoding and Content-Length").into());
         }
         if bodiless {
             Framing::Length(0)
-        } else if te.iter().next_back().is_some_and(|v| last_token_is(v.as_bytes(), b"chunked")) {
+        } else if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
             // Another coding last: the body runs to the end of the connection.
             keep_alive = false;
             Framing::Close
         }
-    } else if let Some(len) = content_length(headers)? {
+    } else if let Some(len) = facts.length {
         Framing::Length(if bodiless { 0 } else { len })
     } else if bodiless {
         Framing::Length(0)
@@ -531,26 +695,19 @@ fn framing(
     Ok((framing, keep_alive))
 }
 
-/// The one length all `Content-Length` fields agree on, if any.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, io::Error> {
-    let mut found = None;
-    for v in &headers.get_all(CONTENT_LENGTH) {
-        for item in v.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || !item.iter().all(u8::is_ascii_digit) || item.len() > 19 {
-                return Err(invalid("bad Content-Length"));
-            }
-            let n: u64 = std::str::from_utf8(item)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| invalid("bad Content-Length"))?;
-            if found.is_some_and(|f| f != n) {
-                return Err(invalid("conflicting Content-Length"));
-            }
-            found = Some(n);
+/// The lengths a `Content-Length` value lists (RFC 9110 §8.6 allows a list of one repeated
+/// length), each a plain decimal number or an error.
+fn content_lengths(value: &[u8]) -> impl Iterator<Item = io::Result<u64>> + '_ {
+    value.split(|&b| b == b',').map(|item| {
+        let item = item.trim_ascii();
+        if item.is_empty() || !item.iter().all(u8::is_ascii_digit) || item.len() > 19 {
+            return Err(invalid("bad Content-Length"));
         }
-    }
-    Ok(found)
+        std::str::from_utf8(item)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid("bad Content-Length"))
+    })
 }
 
 /// Whether the last item of a comma-separated header value is `token` (case-insensitive).
@@ -590,9 +747,16 @@ pub(crate) struct H1Body {
     keep_alive: bool,
     pool: Arc<Idle>,
     endpoint: Authority,
+    /// The response head, when it is passed on as read (its map is then empty).
+    raw: Option<RawHead>,
 }
 
 impl H1Body {
+    /// The response head as read, when it is passed on that way.
+    pub(crate) fn raw_head(&self) -> Option<&RawHead> {
+        self.raw.as_ref()
+    }
+
     /// The body has ended: the connection is pooled if nothing follows it.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {

@@ -32,6 +32,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::h1pool::RawHead;
 use super::headers::has_token;
 use super::limits::RequestBody;
 use super::server::Activity;
@@ -86,7 +87,7 @@ where
     I: AsyncRead + AsyncWrite + NoDelay + Unpin,
     F: Fn(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<B>>,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + PassedHead + Unpin,
 {
     let mut out: Vec<u8> = Vec::new();
     let mut nagle = Nagle::Untouched;
@@ -109,6 +110,8 @@ where
                 // Between requests: wait for the next one unless told to stop (the idle
                 // watchdog around this path bounds the wait).
                 tokio::select! {
+                    // The work first: the other branches only end it.
+                    biased;
                     r = io.read_buf(&mut buf) => r,
                     () = stop.wait() => return Served::Closed,
                 }
@@ -143,8 +146,7 @@ where
         // Sized once, at the first answer: grown from nothing, a head and a 1 KiB body would
         // reallocate it eight times on every new connection.
         out.reserve(OUT_ROOM);
-        let (framing, close) =
-            encode_head(&parts.status, &parts.headers, &body, head_request, close, &mut out);
+        let (framing, close) = encode_head(&parts, &body, head_request, close, &mut out);
         drop(parts);
         if write_body(io, &mut nagle, &mut out, &mut body, framing).await.is_err() {
             return Served::Closed;
@@ -261,18 +263,27 @@ enum Framing {
     Nothing,
 }
 
+/// A response body that may carry its upstream's head as read (h1pool.rs `RawHead`), whose
+/// header lines `encode_head` then copies instead of encoding a header map. Only the request
+/// path's own body does (observe.rs); any other says no with the default.
+pub(crate) trait PassedHead {
+    fn passed_head(&self) -> Option<&RawHead> {
+        None
+    }
+}
+
 /// Encode a response head into `out` as RFC 9112 and hyper's server do: the status line,
-/// the headers, a `Content-Length` from the body's exact size when the response has none
-/// (else chunked), `Date`, and `Connection: close` when the connection closes after it.
-/// Answers the body's framing and whether to close.
-fn encode_head<B: Body>(
-    status: &StatusCode,
-    headers: &HeaderMap,
+/// the headers (the upstream's as read, then the map's), a `Content-Length` from the body's
+/// exact size when the response has none (else chunked), `Date`, and `Connection: close`
+/// when the connection closes after it. Answers the body's framing and whether to close.
+fn encode_head<B: Body + PassedHead>(
+    parts: &http::response::Parts,
     body: &B,
     head_request: bool,
     mut close: bool,
     out: &mut Vec<u8>,
 ) -> (Framing, bool) {
+    let (status, headers) = (&parts.status, &parts.headers);
     if *status == StatusCode::OK {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
@@ -289,6 +300,16 @@ fn encode_head<B: Body>(
     let mut length = None;
     let mut wrote_date = false;
     let mut says_close = false;
+    if let Some(raw) = body.passed_head() {
+        // Its framing lines (and `Connection`) are left out of the lines: the length it
+        // stated is written here, as the map's would be.
+        raw.write_lines(out);
+        wrote_date = raw.date;
+        if let (Some(n), false) = (raw.length, no_length) {
+            write_length(out, n);
+            length = Some(n);
+        }
+    }
     for (name, value) in headers {
         if *name == header::TRANSFER_ENCODING {
             // The framing is this hop's to choose.

@@ -228,6 +228,12 @@ impl RequestBody {
         Self { inner: None, remaining: 0, read: 0, stats: None }
     }
 
+    /// Whether the request was read by our own HTTP/1.1 server (http/h1server.rs), which
+    /// also writes its response: the only bodies made with [`RequestBody::empty`].
+    pub(crate) fn read_by_own_server(&self) -> bool {
+        self.inner.is_none()
+    }
+
     /// Count this body's bytes into `stats` (the route that took the request).
     pub(crate) fn count_into(&mut self, stats: Arc<RouteStats>) {
         self.stats = Some(stats);

@@ -138,7 +138,11 @@ pub(crate) fn handle(
                         // dropped first: only the head and our client's future are kept across
                         // the wait. Everything else goes through hyper, boxed.
                         match own_request(cluster, &mut req, &pq, upgrade) {
-                            Some((h1, encoded)) => {
+                            Some((h1, mut encoded)) => {
+                                // Our own server writes the answer and no route edit reads its
+                                // headers: the upstream's head may pass as read (h1pool.rs).
+                                encoded.pass_head =
+                                    req.body().read_by_own_server() && !target.actions.edits_response();
                                 drop(req);
                                 match Until::new(deadline, h1.send(&encoded, endpoint)).await {
                                     Some(sent) => {

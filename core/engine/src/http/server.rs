@@ -92,20 +92,24 @@ impl HttpServer {
         I: AsyncRead + AsyncWrite + NoDelay + Unpin + Send + 'static,
         F: Fn(Request<RequestBody>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<B>> + Send + 'static,
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B: Body<Data = Bytes> + h1server::PassedHead + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let activity = Arc::new(Activity::default());
         let mut io = Tracked { inner: io, activity: Arc::clone(&activity), first: Bytes::new() };
+        // One watchdog for the connection's whole life, whichever server has it: one timer.
+        let mut idle = std::pin::pin!(activity.idle(self.idle_timeout));
         // --- HTTP/1.1 or HTTP/2: ALPN said, or the first bytes say (bounded like the rest of
         // the connection by the stop and the idle timeout) ---
         let (h2, first) = if h2_only {
             (true, BytesMut::new())
         } else {
             let sniffed = tokio::select! {
+                // The work first: the other branches only end it.
+                biased;
                 r = sniff(&mut io) => r,
                 () = stop.wait() => return,
-                () = activity.idle(self.idle_timeout) => return,
+                () = idle.as_mut() => return,
             };
             match sniffed {
                 Ok(Some(found)) => found,
@@ -119,8 +123,10 @@ impl HttpServer {
         } else {
             let own = h1server::Settings { tls, ..self.own };
             let served = tokio::select! {
+                // The work first: the other branches only end it.
+                biased;
                 s = h1server::serve(&mut io, first, &handle, own, &mut stop, &activity, errors) => s,
-                () = activity.idle(self.idle_timeout) => return,
+                () = idle.as_mut() => return,
             };
             match served {
                 h1server::Served::Closed => return,
@@ -131,6 +137,7 @@ impl HttpServer {
         // our own path does not take (`io.first` holds the bytes read and not consumed).
         // Boxed: hyper's connection state is kilobytes, and most connections never need it;
         // inline, every connection's task would carry it (and be allocated and moved with it).
+        let counted = Arc::clone(&activity);
         Box::pin(async move {
             if h2 {
                 // Many writes, on many streams: none may wait for another's acknowledgement.
@@ -143,7 +150,7 @@ impl HttpServer {
                     let answer = handle(req.map(|body| RequestBody::new(body, max_body)));
                     async move { Ok::<_, Infallible>(answer.await) }
                 }),
-                activity: Arc::clone(&activity),
+                activity: counted,
             };
             // The two connection types share no trait with `graceful_shutdown`, so one macro
             // serves both the same way.
@@ -152,12 +159,14 @@ impl HttpServer {
                     let conn = $conn;
                     tokio::pin!(conn);
                     tokio::select! {
+                        // The work first: the other branches only end it.
+                        biased;
                         r = conn.as_mut() => r.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into),
                         () = stop.wait() => {
                             conn.as_mut().graceful_shutdown();
                             conn.await.map_err(Into::into)
                         }
-                        () = activity.idle(self.idle_timeout) => {
+                        () = idle.as_mut() => {
                             conn.as_mut().graceful_shutdown();
                             // Nothing is in flight: HTTP/1 closes at once; HTTP/2 waits for the
                             // client's PING answer, which a hostile client never sends.
@@ -257,17 +266,64 @@ impl Activity {
     /// Resolves once the connection has had no request in flight and no byte either way
     /// for `timeout` (give or take a quarter of it: the watchdog looks four times per
     /// timeout, so the request path pays one relaxed store per read or write, not a clock).
-    pub(crate) async fn idle(&self, timeout: Duration) {
+    pub(crate) fn idle(&self, timeout: Duration) -> Idle<'_> {
         let tick = (timeout / 4).max(Duration::from_millis(1));
-        let mut quiet = Duration::ZERO;
+        Idle {
+            sleep: tokio::time::sleep(tick),
+            activity: self,
+            tick,
+            timeout,
+            quiet: Duration::ZERO,
+            registered: None,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The idle watchdog of [`Activity::idle`]. It is raced against the connection's work in
+    /// a `select!`, which polls it on every wake-up of the connection's task (twice per
+    /// request); polling the timer each time would re-register the task's waker with it
+    /// (a waker clone and drop, an atomic exchange). So the timer is polled only when it has
+    /// fired or the waker it holds would not wake this task; otherwise a poll is one
+    /// comparison and one atomic load. The same reasoning as `Stop`'s (listener.rs).
+    #[must_use = "futures do nothing unless polled"]
+    pub(crate) struct Idle<'a> {
+        #[pin]
+        sleep: tokio::time::Sleep,
+        activity: &'a Activity,
+        tick: Duration,
+        timeout: Duration,
+        quiet: Duration,
+        // The waker the timer holds, once it holds one.
+        registered: Option<std::task::Waker>,
+    }
+}
+
+impl Future for Idle<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
         loop {
-            tokio::time::sleep(tick).await;
-            let busy =
-                self.touched.swap(false, Ordering::Relaxed) || self.in_flight.load(Ordering::Relaxed) > 0;
-            quiet = if busy { Duration::ZERO } else { quiet + tick };
-            if quiet >= timeout {
-                return;
+            let holds = this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if holds && !this.sleep.is_elapsed() {
+                return Poll::Pending;
             }
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                *this.registered = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            // A tick: did anything happen since the last one?
+            let a = *this.activity;
+            let busy = a.touched.swap(false, Ordering::Relaxed) || a.in_flight.load(Ordering::Relaxed) > 0;
+            *this.quiet = if busy { Duration::ZERO } else { *this.quiet + *this.tick };
+            if *this.quiet >= *this.timeout {
+                return Poll::Ready(());
+            }
+            let next = this.sleep.deadline() + *this.tick;
+            this.sleep.as_mut().reset(next);
+            // The timer gave up its waker when it fired: poll it again to register one.
+            *this.registered = None;
         }
     }
 }

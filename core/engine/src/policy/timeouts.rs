@@ -65,6 +65,11 @@ pub(crate) struct UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// The response head as read, when it is passed on that way (h1pool.rs).
+    pub(crate) fn raw_head(&self) -> Option<&crate::http::h1pool::RawHead> {
+        self.inner.raw_head()
+    }
+
     #[inline]
     pub(crate) fn plain(inner: UpstreamResponseBody) -> Self {
         Self { inner, idle: None, on_idle: None, _guard: None }

@@ -336,3 +336,104 @@ async fn connection_headers_are_read_not_kept_and_close_ends_the_connection() {
     assert_eq!(collect(c).await.unwrap().0, "c");
     assert_eq!(s.accepted.load(Ordering::SeqCst), 2, "Connection: close was not honoured");
 }
+
+/// The lines a passed head writes.
+fn passed_lines(head: &[u8]) -> Option<(String, Option<u64>, bool)> {
+    let mut buf = bytes::BytesMut::from(head);
+    let parsed = super::parse_head(&mut buf, true).unwrap().unwrap();
+    let raw = parsed.raw?;
+    assert!(parsed.headers.is_empty(), "a passed head's map is empty");
+    let mut out = Vec::new();
+    raw.write_lines(&mut out);
+    Some((String::from_utf8(out).unwrap(), raw.length, raw.date))
+}
+
+#[test]
+fn a_plain_head_passes_as_read_less_this_hops_lines() {
+    let (lines, length, date) = passed_lines(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nServer: up\r\nContent-Length: 3\r\nSet-Cookie: a=1\r\n\
+          Keep-Alive: timeout=5\r\nset-cookie: b=2\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n\r\nabc",
+    )
+    .unwrap();
+    assert_eq!(
+        lines,
+        "Server: up\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n"
+    );
+    assert_eq!((length, date), (Some(3), true));
+    // Holes first and last, and a head with no field at all.
+    let (lines, length, date) =
+        passed_lines(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-a: 1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+    assert_eq!((lines.as_str(), length, date), ("x-a: 1\r\n", None, false));
+    assert_eq!(passed_lines(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap().0, "");
+}
+
+#[test]
+fn a_head_that_is_not_plain_takes_the_map() {
+    for head in [
+        // A Connection that names a field, and fields only the map's rules handle.
+        &b"HTTP/1.1 200 OK\r\nConnection: x-p\r\nx-p: 1\r\ncontent-length: 0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTrailer: x-t\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ngrpc-status: 0\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nProxy-Connection: close\r\ncontent-length: 0\r\n\r\n",
+        // Bare LF line ends are not passed on.
+        b"HTTP/1.1 200 OK\nx-a: 1\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: 1\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 0\n\n",
+        // More lines to leave out than a passed head holds.
+        b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: a\r\nkeep-alive: b\r\n\
+          content-length: 0\r\ncontent-length: 0\r\n\r\n",
+    ] {
+        assert_eq!(passed_lines(head), None, "{:?}", String::from_utf8_lossy(head));
+    }
+    // Not asked to pass: the map, without this connection's own fields.
+    let mut buf = bytes::BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nServer: up\r\ncontent-length: 0\r\n\r\n"[..],
+    );
+    let parsed = super::parse_head(&mut buf, false).unwrap().unwrap();
+    assert!(parsed.raw.is_none());
+    assert_eq!(parsed.headers.len(), 2);
+    assert_eq!(parsed.headers["server"], "up");
+}
+
+#[test]
+fn framing_is_read_and_refused_alike_whether_the_head_passes_or_not() {
+    let refused = [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
+    ];
+    let read = [
+        (&b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n"[..], "Length(3)", true),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", "Chunked(Size)", true),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n", "Close", false),
+        (b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\n", "Close", false),
+        (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n", "Length(1)", false),
+        (b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", "Length(1)", false),
+    ];
+    for pass in [true, false] {
+        for head in refused {
+            let mut buf = bytes::BytesMut::from(head);
+            let outcome = match super::parse_head(&mut buf, pass) {
+                Err(e) => Err(e.to_string()),
+                Ok(h) => {
+                    let h = h.unwrap();
+                    super::framing(h.status, h.version, h.facts, false).map(|_| ()).map_err(|e| e.to_string())
+                }
+            };
+            assert!(outcome.is_err(), "accepted {:?} (pass: {pass})", String::from_utf8_lossy(head));
+        }
+        for (head, framing, keep_alive) in read {
+            let mut buf = bytes::BytesMut::from(head);
+            let h = super::parse_head(&mut buf, pass).unwrap().unwrap();
+            let (f, k) = super::framing(h.status, h.version, h.facts, false).unwrap();
+            assert_eq!(
+                (format!("{f:?}"), k),
+                (framing.to_owned(), keep_alive),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+}

@@ -11,6 +11,8 @@ impl NoDelay for DuplexStream {
 
 type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, io::Error>;
 
+impl PassedHead for TestBody {}
+
 const SETTINGS: Settings =
     Settings { max_head: 8192, header_read_timeout: Duration::from_millis(300), tls: false };
 
