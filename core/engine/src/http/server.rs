@@ -320,8 +320,9 @@ impl Future for Idle<'_> {
             if *this.quiet >= *this.timeout {
                 return Poll::Ready(());
             }
-            let next = this.sleep.deadline() + *this.tick;
-            this.sleep.as_mut().reset(next);
+            // From now, not from the last deadline: ticks a stalled thread missed are not
+            // made up at once (they would count as quiet time that was not watched).
+            this.sleep.as_mut().reset(tokio::time::Instant::now() + *this.tick);
             // The timer gave up its waker when it fired: poll it again to register one.
             *this.registered = None;
         }

@@ -27,6 +27,21 @@ async fn idle_waits_out_activity_and_in_flight_requests() {
     assert!(idle.is_err(), "idle with a request in flight");
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_idle_watchdog_fires_for_the_waker_that_polls_it_last() {
+    // Polled first with a waker that wakes nothing, then awaited by this task: the timer must
+    // take this task's waker, or the watchdog would never fire.
+    let activity = Activity::default();
+    let timeout = Duration::from_millis(400);
+    let mut idle = Box::pin(activity.idle(timeout));
+    let mut noop = Context::from_waker(std::task::Waker::noop());
+    assert!(idle.as_mut().poll(&mut noop).is_pending());
+    let start = tokio::time::Instant::now();
+    let fired = tokio::time::timeout(Duration::from_secs(5), idle).await;
+    assert!(fired.is_ok(), "the watchdog kept the other waker");
+    assert!(start.elapsed() <= timeout + timeout / 4, "{:?}", start.elapsed());
+}
+
 #[test]
 fn classify_counts_only_the_clients_faults() {
     assert_eq!(classify(&std::io::Error::other("reset")), None);
