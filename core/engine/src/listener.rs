@@ -1,11 +1,10 @@
 //! Sockets and accept loops: bind, accept, hand each connection to a handler, and stop on a
 //! signal. What a connection speaks (HTTP, TCP, TLS passthrough) is the handler's business.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -78,22 +77,58 @@ fn new_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
 #[derive(Debug)]
 pub(crate) struct Stop {
     signal: Arc<StopSignal>,
-    /// This handle's key in `signal.waiters` and the waker stored there, once registered.
-    registered: Option<(u64, Waker)>,
+    /// This handle's slot in `signal.waiters` and the waker stored there, once registered.
+    registered: Option<(usize, Waker)>,
 }
 
 #[derive(Debug, Default)]
 struct StopSignal {
     stopped: AtomicBool,
-    next_key: AtomicU64,
-    waiters: Mutex<HashMap<u64, Waker>>,
+    waiters: Mutex<Waiters>,
+}
+
+/// The wakers of a listener's connections, in slots that are reused: a connection takes and
+/// gives back a slot without hashing a key.
+#[derive(Debug, Default)]
+struct Waiters {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Waiters {
+    fn insert(&mut self, waker: Waker) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(waker);
+                i
+            }
+            None => {
+                self.slots.push(Some(waker));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// The wakers held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+
+    /// Empty slot `i` (absent after `fire` took them all: no slot is handed out after it).
+    fn remove(&mut self, i: usize) {
+        if let Some(slot) = self.slots.get_mut(i) {
+            *slot = None;
+            self.free.push(i);
+        }
+    }
 }
 
 impl StopSignal {
     fn fire(&self) {
         self.stopped.store(true, Ordering::Release);
         let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(PoisonError::into_inner));
-        for waker in waiters.into_values() {
+        for waker in waiters.slots.into_iter().flatten() {
             waker.wake();
         }
     }
@@ -107,8 +142,8 @@ impl Clone for Stop {
 
 impl Drop for Stop {
     fn drop(&mut self) {
-        if let Some((key, _)) = self.registered.take() {
-            self.signal.waiters.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+        if let Some((slot, _)) = self.registered.take() {
+            self.signal.waiters.lock().unwrap_or_else(PoisonError::into_inner).remove(slot);
         }
     }
 }
@@ -135,12 +170,14 @@ impl Stop {
             if self.signal.stopped.load(Ordering::Acquire) {
                 return Poll::Ready(());
             }
-            let key = match &self.registered {
-                Some((key, _)) => *key,
-                None => self.signal.next_key.fetch_add(1, Ordering::Relaxed),
+            let slot = match &self.registered {
+                Some((slot, _)) => {
+                    waiters.slots[*slot] = Some(cx.waker().clone());
+                    *slot
+                }
+                None => waiters.insert(cx.waker().clone()),
             };
-            waiters.insert(key, cx.waker().clone());
-            self.registered = Some((key, cx.waker().clone()));
+            self.registered = Some((slot, cx.waker().clone()));
         }
         Poll::Pending
     }
@@ -411,6 +448,11 @@ mod tests {
         assert_eq!(stop.signal.waiters.lock().unwrap().len(), 4);
         drop(gone);
         assert_eq!(stop.signal.waiters.lock().unwrap().len(), 3);
+        // The next handle takes the freed slot.
+        let mut next = stop.clone();
+        assert!(tokio::time::timeout(Duration::from_millis(5), next.wait()).await.is_err());
+        assert_eq!(stop.signal.waiters.lock().unwrap().slots.len(), 4);
+        drop(next);
         assert!(!stop.is_set());
         sender.fire();
         for w in waiting {

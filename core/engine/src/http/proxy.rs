@@ -45,6 +45,7 @@ use crate::policy::timeouts::{self, Kind, UpstreamBody};
 use crate::policy::{RoutePolicy, TryOutcome};
 use crate::router::{RouteAction, Target};
 use crate::tables::ListenerKind;
+use crate::workers::Deadline;
 
 /// Bodies up to this size are buffered to mirror them when the route has no retry policy
 /// (which brings its own `buffer_limit`).
@@ -611,19 +612,19 @@ async fn forward_with_policy(
 
 pin_project_lite::pin_project! {
     /// `fut`'s output, or None if `deadline` came first: `tokio::time::timeout_at` without
-    /// a timer when there is no deadline, and as a plain future rather than an `async fn`,
-    /// which would hold `fut` twice.
+    /// a timer when there is no deadline, with a worker's reused timer when there is one
+    /// (workers.rs `Deadline`), and as a plain future rather than an `async fn`, which would
+    /// hold `fut` twice.
     struct Until<F> {
         #[pin]
         fut: F,
-        #[pin]
-        sleep: Option<tokio::time::Sleep>,
+        deadline: Option<Deadline>,
     }
 }
 
 impl<F: std::future::Future> Until<F> {
     fn new(deadline: Option<TokioInstant>, fut: F) -> Self {
-        Self { fut, sleep: deadline.map(tokio::time::sleep_until) }
+        Self { fut, deadline: deadline.map(Deadline::at) }
     }
 }
 
@@ -638,7 +639,7 @@ impl<F: std::future::Future> std::future::Future for Until<F> {
         if let std::task::Poll::Ready(out) = this.fut.poll(cx) {
             return std::task::Poll::Ready(Some(out));
         }
-        match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
+        match this.deadline.as_mut().map(|d| d.poll(cx)) {
             Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(None),
             _ => std::task::Poll::Pending,
         }

@@ -23,6 +23,7 @@ use super::h1server::{self, NoDelay};
 use super::limits::{HttpLimits, RequestBody};
 use crate::listener::Stop;
 use crate::metrics::{ProtocolErrorKind, ProtocolErrors};
+use crate::workers::Deadline;
 
 /// How long an idle connection told to close may take to close before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -269,7 +270,7 @@ impl Activity {
     pub(crate) fn idle(&self, timeout: Duration) -> Idle<'_> {
         let tick = (timeout / 4).max(Duration::from_millis(1));
         Idle {
-            sleep: tokio::time::sleep(tick),
+            sleep: Deadline::at(tokio::time::Instant::now() + tick),
             activity: self,
             tick,
             timeout,
@@ -279,52 +280,50 @@ impl Activity {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The idle watchdog of [`Activity::idle`]. It is raced against the connection's work in
-    /// a `select!`, which polls it on every wake-up of the connection's task (twice per
-    /// request); polling the timer each time would re-register the task's waker with it
-    /// (a waker clone and drop, an atomic exchange). So the timer is polled only when it has
-    /// fired or the waker it holds would not wake this task; otherwise a poll is one
-    /// comparison and one atomic load. The same reasoning as `Stop`'s (listener.rs).
-    #[must_use = "futures do nothing unless polled"]
-    pub(crate) struct Idle<'a> {
-        #[pin]
-        sleep: tokio::time::Sleep,
-        activity: &'a Activity,
-        tick: Duration,
-        timeout: Duration,
-        quiet: Duration,
-        // The waker the timer holds, once it holds one.
-        registered: Option<std::task::Waker>,
-    }
+/// The idle watchdog of [`Activity::idle`]. It is raced against the connection's work in
+/// a `select!`, which polls it on every wake-up of the connection's task (twice per
+/// request); polling the timer each time would re-register the task's waker with it (a
+/// waker clone and drop, an atomic exchange). So the timer is polled only when it has fired
+/// or the waker it holds would not wake this task; otherwise a poll is one comparison and
+/// one atomic load. The same reasoning as `Stop`'s (listener.rs). Its timer is a worker's
+/// reused one (workers.rs `Deadline`): a new connection costs no timer-wheel lock.
+#[must_use = "futures do nothing unless polled"]
+pub(crate) struct Idle<'a> {
+    sleep: Deadline,
+    activity: &'a Activity,
+    tick: Duration,
+    timeout: Duration,
+    quiet: Duration,
+    /// The waker the timer holds, once it holds one.
+    registered: Option<std::task::Waker>,
 }
 
 impl Future for Idle<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
+        let this = self.get_mut();
         loop {
             let holds = this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
             if holds && !this.sleep.is_elapsed() {
                 return Poll::Pending;
             }
-            if this.sleep.as_mut().poll(cx).is_pending() {
-                *this.registered = Some(cx.waker().clone());
+            if this.sleep.poll(cx).is_pending() {
+                this.registered = Some(cx.waker().clone());
                 return Poll::Pending;
             }
             // A tick: did anything happen since the last one?
-            let a = *this.activity;
+            let a = this.activity;
             let busy = a.touched.swap(false, Ordering::Relaxed) || a.in_flight.load(Ordering::Relaxed) > 0;
-            *this.quiet = if busy { Duration::ZERO } else { *this.quiet + *this.tick };
-            if *this.quiet >= *this.timeout {
+            this.quiet = if busy { Duration::ZERO } else { this.quiet + this.tick };
+            if this.quiet >= this.timeout {
                 return Poll::Ready(());
             }
             // From now, not from the last deadline: ticks a stalled thread missed are not
             // made up at once (they would count as quiet time that was not watched).
-            this.sleep.as_mut().reset(tokio::time::Instant::now() + *this.tick);
+            this.sleep.reset(tokio::time::Instant::now() + this.tick);
             // The timer gave up its waker when it fired: poll it again to register one.
-            *this.registered = None;
+            this.registered = None;
         }
     }
 }
