@@ -147,12 +147,23 @@ pub(crate) struct Detail {
     pub(crate) logged: bool,
 }
 
+/// What only a record of the request reads: made when an access log, a trace or the tap
+/// wants the request, not at all otherwise (each of these an `Arc` reference count up and
+/// down per request, for nothing).
+#[derive(Debug)]
+struct Recording {
+    observe: Arc<Observe>,
+    tap: Arc<tap::Tap>,
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    endpoint: Option<Authority>,
+    detail: Box<Detail>,
+}
+
 /// One request, in progress.
 #[derive(Debug)]
 pub(crate) struct Exchange {
     start: Instant,
-    observe: Arc<Observe>,
-    tap: Arc<tap::Tap>,
     /// The route's stats, once a route took the request.
     pub(crate) route_stats: Option<Arc<RouteStats>>,
     /// The listener/route/cluster counters, once a cluster was chosen (gRPC status and the
@@ -160,9 +171,6 @@ pub(crate) struct Exchange {
     pub(crate) target_stats: Option<Arc<StatusCounters>>,
     /// The listener's active-requests gauge, held until the response ends (listener.rs).
     pub(crate) active: Option<GaugeGuard>,
-    pub(crate) route: Option<Arc<str>>,
-    pub(crate) cluster: Option<Arc<str>>,
-    pub(crate) endpoint: Option<Authority>,
     /// Tries sent upstream (0: answered locally).
     pub(crate) attempts: u32,
     pub(crate) flags: Flags,
@@ -173,7 +181,7 @@ pub(crate) struct Exchange {
     pub(crate) grpc_status: Option<u32>,
     /// The request's trace context (trace.rs), when tracing is on for the listener.
     pub(crate) trace: Option<trace::SpanContext>,
-    detail: Option<Box<Detail>>,
+    recording: Option<Box<Recording>>,
 }
 
 impl Exchange {
@@ -197,24 +205,49 @@ impl Exchange {
         let trace = observe.tracer.as_ref().and_then(|t| t.begin(req.headers_mut()));
         let logged = observe.access_log.as_ref().is_some_and(|l| l.sampled());
         let sampled = trace.as_ref().is_some_and(|t| t.sampled);
-        let detail = (logged || sampled || tap.active()).then(|| Box::new(Detail::of(req, peer, logged)));
+        let recording = (logged || sampled || tap.active()).then(|| {
+            Box::new(Recording {
+                observe: Arc::clone(observe),
+                tap: Arc::clone(tap),
+                route: None,
+                cluster: None,
+                endpoint: None,
+                detail: Box::new(Detail::of(req, peer, logged)),
+            })
+        });
         Self {
             start,
-            observe: Arc::clone(observe),
-            tap: Arc::clone(tap),
             route_stats: None,
             target_stats: None,
             active: None,
-            route: None,
-            cluster: None,
-            endpoint: None,
             attempts: 0,
             flags: Flags::default(),
             upstream_first_byte: None,
             upstream_sent: None,
             grpc_status: None,
             trace,
-            detail,
+            recording,
+        }
+    }
+
+    /// The route that took the request, for its record.
+    pub(crate) fn note_route(&mut self, name: &Arc<str>) {
+        if let Some(r) = &mut self.recording {
+            r.route = Some(Arc::clone(name));
+        }
+    }
+
+    /// The cluster the request went to, for its record.
+    pub(crate) fn note_cluster(&mut self, name: &Arc<str>) {
+        if let Some(r) = &mut self.recording {
+            r.cluster = Some(Arc::clone(name));
+        }
+    }
+
+    /// The endpoint of the latest try, for its record.
+    pub(crate) fn note_endpoint(&mut self, endpoint: &Authority) {
+        if let Some(r) = &mut self.recording {
+            r.endpoint = Some(endpoint.clone());
         }
     }
 
@@ -222,7 +255,7 @@ impl Exchange {
     /// it, so without one (no sink wants this request) no clock is read.
     #[inline]
     pub(crate) fn sending_upstream(&mut self) {
-        if self.upstream_sent.is_none() && self.detail.is_some() {
+        if self.upstream_sent.is_none() && self.recording.is_some() {
             self.upstream_sent = Some(self.start.elapsed());
         }
     }
@@ -369,12 +402,13 @@ impl Ending {
         }
         // The request is over for the active-requests gauge, whatever the sinks take.
         drop(ex.active.take());
-        let Some(detail) = ex.detail.take() else { return };
+        let Some(rec) = ex.recording.take() else { return };
+        let Recording { observe, tap, route, cluster, endpoint, detail } = *rec;
         let record = Arc::new(Record {
-            listener: Arc::clone(&ex.observe.listener),
-            route: ex.route.take(),
-            cluster: ex.cluster.take(),
-            endpoint: ex.endpoint.take(),
+            listener: Arc::clone(&observe.listener),
+            route,
+            cluster,
+            endpoint,
             status,
             grpc_status: ex.grpc_status,
             flags: ex.flags,
@@ -387,17 +421,17 @@ impl Ending {
             detail,
         });
         if record.detail.logged {
-            if let Some(log) = &ex.observe.access_log {
+            if let Some(log) = &observe.access_log {
                 log.log(&record);
             }
         }
         if record.trace.as_ref().is_some_and(|t| t.sampled) {
-            if let Some(tracer) = &ex.observe.tracer {
+            if let Some(tracer) = &observe.tracer {
                 tracer.end(&record);
             }
         }
-        if ex.tap.active() {
-            ex.tap.publish(&record);
+        if tap.active() {
+            tap.publish(&record);
         }
     }
 }

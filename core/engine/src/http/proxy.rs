@@ -80,7 +80,7 @@ pub(crate) fn handle(
                 // --- routing: match, then forward or answer locally (http/actions.rs) ---
                 match listener.router.find(&req) {
                     Some(route) => {
-                        ex.route = Some(Arc::clone(&route.name));
+                        ex.note_route(&route.name);
                         match &route.action {
                             RouteAction::Forward(weighted) => Arc::clone(weighted.pick()),
                             RouteAction::Local(local) => {
@@ -98,7 +98,7 @@ pub(crate) fn handle(
             };
 
             let cluster = &target.cluster;
-            ex.cluster = Some(Arc::clone(&cluster.name));
+            ex.note_cluster(&cluster.name);
             ex.route_stats = Some(Arc::clone(&target.route_stats));
             ex.target_stats = Some(Arc::clone(&target.counters));
             // --- metrics: the body counts its bytes into the route's counter as it streams ---
@@ -242,7 +242,7 @@ fn is_upgrade(req: &Request<RequestBody>) -> bool {
 
 /// What every try records before it is sent.
 fn begin_try(endpoint: &Authority, ex: &mut Exchange) {
-    ex.endpoint = Some(endpoint.clone());
+    ex.note_endpoint(endpoint);
     ex.attempts = 1;
     ex.sending_upstream();
 }
@@ -463,7 +463,7 @@ async fn forward_with_policy(
             ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
-        ex.endpoint = Some(endpoint.clone());
+        ex.note_endpoint(endpoint);
         ex.attempts += 1;
         ex.sending_upstream();
         // Encoded once (our own HTTP/1.1 client), or a request built for this try.
