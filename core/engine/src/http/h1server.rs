@@ -418,9 +418,6 @@ where
             },
             Some(Some(Err(_))) => return Err(io::Error::other("response body failed")),
         };
-        if framing == Framing::Nothing {
-            continue;
-        }
         if !held.is_empty() {
             out.extend_from_slice(&std::mem::take(&mut held));
         }
