@@ -36,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_service::Service;
 
 use super::client::{Counted, CountingConnector, UpstreamError};
-use super::headers::{connection_names, has_token};
+use super::headers::{connection_names, has_token, is_hop_by_hop};
 
 /// The transport of a plaintext upstream connection, counted while open (client.rs).
 type Io = TokioIo<Counted<TokioIo<tokio::net::TcpStream>>>;
@@ -458,27 +458,25 @@ enum Field {
     TransferEncoding,
     ContentLength,
     Date,
-    /// One a passed head cannot carry (`TE`, `Trailer`, `Upgrade`, `Proxy-Connection`,
-    /// `Proxy-Authorization`, `grpc-status`): the response takes the map.
+    /// One a passed head cannot carry (another hop-by-hop header, which `strip_hop_by_hop`
+    /// rules on, or `grpc-status`, which the request path reads): the response takes the map.
     Special,
     Other,
 }
 
 impl Field {
-    /// Compared by length first: most names match none and cost one comparison.
+    /// Matched on the length first: most names match none and cost one jump and the
+    /// hop-by-hop test's length bit (its names are `headers.rs`'s one list).
     fn of(name: &[u8]) -> Self {
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         match name.len() {
-            2 if is(b"te") => Self::Special,
             4 if is(b"date") => Self::Date,
-            7 if is(b"trailer") || is(b"upgrade") => Self::Special,
             10 if is(b"connection") => Self::Connection,
             10 if is(b"keep-alive") => Self::KeepAlive,
             11 if is(b"grpc-status") => Self::Special,
             14 if is(b"content-length") => Self::ContentLength,
-            16 if is(b"proxy-connection") => Self::Special,
             17 if is(b"transfer-encoding") => Self::TransferEncoding,
-            19 if is(b"proxy-authorization") => Self::Special,
+            _ if is_hop_by_hop(name) => Self::Special,
             _ => Self::Other,
         }
     }

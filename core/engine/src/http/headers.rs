@@ -13,6 +13,38 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static("keep-alive"),
 ];
 
+/// The names `strip_hop_by_hop` rules on: `HOP_BY_HOP`, `Proxy-Connection`, and `TE` (kept
+/// only as `trailers`).
+const HOP_BY_HOP_NAMES: [&str; 8] = [
+    "connection",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+];
+
+/// The lengths of `HOP_BY_HOP_NAMES`, as bits: a name of any other length is none of them.
+const HOP_BY_HOP_LENGTHS: u32 = {
+    let mut bits = 0u32;
+    let mut i = 0;
+    while i < HOP_BY_HOP_NAMES.len() {
+        bits |= 1 << HOP_BY_HOP_NAMES[i].len();
+        i += 1;
+    }
+    bits
+};
+
+/// Whether `name` (as read, any case) is a hop-by-hop header `strip_hop_by_hop` rules on.
+/// Most names fail the length test and cost nothing more.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    name.len() < 32
+        && HOP_BY_HOP_LENGTHS & (1 << name.len()) != 0
+        && HOP_BY_HOP_NAMES.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
 /// Remove hop-by-hop headers in place. One pass over the names comes first: most messages
 /// carry none of them, or only `Connection` (every keep-alive response of an HTTP/1.1
 /// upstream), and the pass costs less than a hash lookup per hop-by-hop name.
@@ -71,6 +103,20 @@ pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn the_byte_test_knows_every_name_strip_removes() {
+        for name in HOP_BY_HOP.iter().map(HeaderName::as_str).chain(["proxy-connection", "te"]) {
+            assert!(is_hop_by_hop(name.to_ascii_uppercase().as_bytes()), "{name}");
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), http::HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert!(h.is_empty(), "{name} is kept by strip_hop_by_hop");
+        }
+        for name in ["host", "date", "server", "content-length", "x-te", "tee", "upgrades"] {
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+    }
 
     #[test]
     fn strips_standard_and_connection_listed_headers() {

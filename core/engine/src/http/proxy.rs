@@ -243,7 +243,7 @@ fn is_upgrade(req: &Request<RequestBody>) -> bool {
 /// What every try records before it is sent.
 fn begin_try(endpoint: &Authority, ex: &mut Exchange) {
     ex.note_endpoint(endpoint);
-    ex.attempts = 1;
+    ex.attempts += 1;
     ex.sending_upstream();
 }
 
@@ -415,12 +415,8 @@ async fn forward_with_policy(
         (Some(Bytes::new()), None)
     } else if retry.is_some() || mirror.is_some() {
         let read = retry::buffer_known(&mut body, limit);
-        let read = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, read).await {
-                Ok(read) => read,
-                Err(_) => return request_timed_out(cluster, ex),
-            },
-            None => read.await,
+        let Some(read) = Until::new(deadline, read).await else {
+            return request_timed_out(cluster, ex);
         };
         match read {
             Some(Ok(bytes)) => (Some(bytes), None),
@@ -463,9 +459,7 @@ async fn forward_with_policy(
             ex.flags.set(Flags::NO_HEALTHY_UPSTREAM);
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
-        ex.note_endpoint(endpoint);
-        ex.attempts += 1;
-        ex.sending_upstream();
+        begin_try(endpoint, ex);
         // Encoded once (our own HTTP/1.1 client), or a request built for this try.
         let up = match &encoded {
             Some(_) => None,
@@ -513,10 +507,7 @@ async fn forward_with_policy(
             (Some(d), None) => Some(began() + d),
             (None, at) => at,
         };
-        let result = match until {
-            Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
-            None => Some(sent.await),
-        };
+        let result = Until::new(until, sent).await;
         drop(pending);
         if result.is_none() && deadline.is_some_and(|at| TokioInstant::now() >= at) {
             return request_timed_out(cluster, ex);

@@ -12,7 +12,7 @@ use http::{HeaderValue, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::http::client::UpstreamResponseBody;
-use tokio::time::Sleep;
+use crate::workers::Deadline;
 
 use super::breaker::BreakerGuard;
 use crate::http::{local_reply, ProxyBody};
@@ -59,7 +59,7 @@ pub(crate) fn reply(kind: Kind) -> Response<ProxyBody> {
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
     inner: UpstreamResponseBody,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    idle: Option<(Duration, Deadline)>,
     on_idle: Option<std::sync::Arc<crate::metrics::ClusterStats>>,
     _guard: Option<BreakerGuard>,
 }
@@ -81,7 +81,7 @@ impl UpstreamBody {
         stats: &std::sync::Arc<crate::metrics::ClusterStats>,
         guard: Option<BreakerGuard>,
     ) -> Self {
-        let idle = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        let idle = idle.map(|d| (d, Deadline::at(tokio::time::Instant::now() + d)));
         let on_idle = idle.as_ref().map(|_| std::sync::Arc::clone(stats));
         Self { inner, idle, on_idle, _guard: guard }
     }
@@ -109,14 +109,14 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                if let Some((d, sleep)) = &mut this.idle {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + *d);
+                if let Some((d, timer)) = &mut this.idle {
+                    timer.reset(tokio::time::Instant::now() + *d);
                 }
                 Poll::Ready(frame)
             }
             Poll::Pending => {
-                if let Some((_, sleep)) = &mut this.idle {
-                    if std::future::Future::poll(sleep.as_mut(), cx).is_ready() {
+                if let Some((_, timer)) = &mut this.idle {
+                    if timer.poll(cx).is_ready() {
                         if let Some(stats) = &this.on_idle {
                             stats.timeouts[Kind::Idle as usize].inc();
                         }
