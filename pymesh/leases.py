@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pymesh.store import ConfigStore, Lease
 
@@ -33,6 +35,7 @@ class Leases:
         self._store = store
         self._lock = threading.Lock()
         self._deadlines: dict[tuple[str, str], tuple[float, float]] = {}
+        self._on_grant: Callable[[], Any] | None = None
         now = time.monotonic()
         for lease in store.leases():
             ttl = lease.ttl_ms / 1000
@@ -43,7 +46,22 @@ class Leases:
         with self._lock:
             self._store.put_lease(Lease(cluster, address, round(ttl * 1000)))
             self._deadlines[(cluster, address)] = (ttl, time.monotonic() + ttl)
-            return self._state(cluster, address)
+            state = self._state(cluster, address)
+            wake = self._on_grant
+        if wake is not None:
+            wake()
+        return state
+
+    def on_grant(self, wake: Callable[[], Any] | None) -> None:
+        """Call ``wake`` (from the granting thread) after each grant: a new lease may run out
+        before the watcher's next deadline. Heartbeats only move deadlines later."""
+        with self._lock:
+            self._on_grant = wake
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline (``time.monotonic()`` seconds), or None without leases."""
+        with self._lock:
+            return min((deadline for _, deadline in self._deadlines.values()), default=None)
 
     def heartbeat(self, cluster: str, address: str) -> LeaseState | None:
         """Extend a lease by its TTL; None if the endpoint has no lease."""

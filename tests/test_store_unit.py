@@ -3,11 +3,20 @@ apply inside ``append`` returns, leases persist, and diffs name list items by na
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
+import time
 from pathlib import Path
+from typing import cast
 
 import pytest
+from pymesh.api.app import LEASE_RETRY, _lease_loop
 
 from pymesh.diff import config_diff, format_change
+from pymesh.errors import DrainingError
+from pymesh.host import Host
+from pymesh.leases import Leases
 from pymesh.store import Lease, SqliteStore
 from pymesh.tokens import first_read_write_secret, load_tokens
 
@@ -79,3 +88,55 @@ def test_generated_admin_token_is_safe_on_a_command_line(tmp_path: Path) -> None
         secret = first_read_write_secret(data)
         assert secret is not None and secret.startswith("pmk_"), secret
         assert len(secret) > 40
+
+
+def test_leases_report_their_earliest_deadline_and_wake_the_watcher_on_a_grant(
+    tmp_path: Path,
+) -> None:
+    leases = Leases(SqliteStore(tmp_path / "store.db"))
+    assert leases.next_deadline() is None
+    woken: list[int] = []
+    leases.on_grant(lambda: woken.append(1))
+    before = time.monotonic()
+    leases.grant("a", "127.0.0.1:1", 30.0)
+    leases.grant("a", "127.0.0.1:2", 5.0)
+    assert len(woken) == 2
+    deadline = leases.next_deadline()
+    assert deadline is not None and before + 5.0 <= deadline <= time.monotonic() + 5.0
+    # heartbeats move deadlines later and wake nobody
+    leases.heartbeat("a", "127.0.0.1:2")
+    assert len(woken) == 2
+    leases.drop("a", "127.0.0.1:2")
+    later = leases.next_deadline()
+    assert later is not None and later >= before + 30.0
+    leases.on_grant(None)
+    leases.grant("b", "127.0.0.1:3", 1.0)
+    assert len(woken) == 2
+
+
+def test_the_lease_loop_waits_between_tries_when_an_expired_lease_cannot_go(
+    tmp_path: Path,
+) -> None:
+    """A draining host refuses removals: the loop must retry at its floor, not spin."""
+    leases = Leases(SqliteStore(tmp_path / "store.db"))
+    leases.grant("a", "127.0.0.1:1", 0.001)
+    tries: list[float] = []
+
+    class Draining:
+        def update(self, *_args: object, **_kw: object) -> None:
+            tries.append(time.monotonic())
+            raise DrainingError("draining")
+
+    async def run_for(seconds: float) -> None:
+        task = asyncio.create_task(_lease_loop(cast(Host, Draining()), leases))
+        await asyncio.sleep(seconds)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run_for(1.0))
+    # a try at once, then one per LEASE_RETRY (0.2 s): about 5, never hundreds
+    assert 3 <= len(tries) <= 7, len(tries)
+    assert all(b - a >= LEASE_RETRY * 0.9 for a, b in itertools.pairwise(tries))
+    # the loop let go of the lease table's wake-up when it ended
+    assert leases._on_grant is None
