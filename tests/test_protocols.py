@@ -259,6 +259,46 @@ def test_tcp_idle_connections_are_closed(
         assert time.monotonic() - started < 5
 
 
+def test_a_server_that_speaks_first_is_heard_at_once_and_http_waits_for_the_client(
+    echo: Callable[..., Echo], mesh: Callable[..., Mesh], tcp_server: Callable[..., OneShotServer]
+) -> None:
+    """HTTP listeners accept a connection once the client's first bytes are in
+    (TCP_DEFER_ACCEPT); a TCP listener must not wait for them, or a server that greets first
+    (SMTP, MySQL, SSH) would be heard a second late. Also when a kept listener (same name and
+    address) turns from http into tcp."""
+
+    def greet(conn: socket.socket) -> None:
+        conn.sendall(b"220 ready\r\n")
+        read_all(conn)
+
+    up = tcp_server(greet)
+    web = echo("w")
+    raw = {"name": "raw", "listen": "127.0.0.1:0", "protocol": "tcp", "to": [{"cluster": "t"}]}
+    clusters = [cluster("w", web.address), cluster("t", up.address)]
+    m = mesh({"listeners": [listener("front", [route("w")]), raw], "clusters": clusters})
+
+    def greeting_after(address: str) -> float:
+        with socket.create_connection(host_port(address), timeout=10) as s:
+            started = time.monotonic()
+            assert read_until(s, b"\r\n") == b"220 ready\r\n"
+            return time.monotonic() - started
+
+    assert greeting_after(m.listener("raw")) < 0.5
+    # A client that waits before it speaks is answered when it does.
+    front = m.listener("front")
+    with socket.create_connection(host_port(front), timeout=10) as s:
+        time.sleep(0.3)
+        s.sendall(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        answer = read_all(s)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    # The same listener, now raw TCP to the greeting server: its socket is kept, its
+    # deferral is not.
+    r = m.put_config({"listeners": [{**raw, "name": "front"}, raw], "clusters": clusters})
+    assert r.status_code == 200, r.text
+    assert m.listener("front") == front
+    assert greeting_after(front) < 0.5
+
+
 # === TLS ===
 
 

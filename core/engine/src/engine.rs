@@ -168,11 +168,14 @@ impl Engine {
         for (i, slot, socket) in bound {
             let spec = &snap.listeners[i];
             let server = self.serve_proxy(&spec.name, slot, socket)?;
+            defer_accept(&server, spec);
             listeners.insert(spec.name.clone(), Running { listen: spec.listen.clone(), slot, server });
         }
         for spec in &snap.listeners {
             if let Some(running) = control.listeners.remove(&spec.name) {
                 if running.listen == spec.listen {
+                    // The socket stays; its protocol may not have.
+                    defer_accept(&running.server, spec);
                     listeners.insert(spec.name.clone(), running);
                 } else {
                     running.server.stop();
@@ -231,11 +234,14 @@ impl Engine {
                 let http = Arc::clone(&http);
                 async move {
                     let handle = move |req| Box::pin(echo::respond(Arc::clone(&echo), req));
+                    let stream = crate::lazy::LazyStream::new(stream);
                     http.serve(stream, handle, false, false, stop, None).await;
                 }
             },
         )
         .map_err(|e| Error::internal(format!("cannot serve echo: {e}")))?;
+        // HTTP: the client speaks first (listener.rs `Server::defer_accept`).
+        let _ = server.defer_accept(true);
         self.control().echoes.push(server);
         Ok(bound)
     }
@@ -402,6 +408,16 @@ impl Drop for Engine {
         }
         // The workers stop and their threads are joined when `workers` drops, after this.
     }
+}
+
+/// Defer accepting a listener's connections until the client speaks (listener.rs
+/// `Server::defer_accept`) where the client speaks first: HTTP (plaintext or TLS) and TLS
+/// passthrough; not raw TCP, whose server may greet first. Setting a TCP option on a live
+/// listening socket does not fail; if it did, connections would still be accepted, later or
+/// sooner, so an error leaves the apply as it is.
+fn defer_accept(server: &listener::Server, spec: &crate::config::ListenerSpec) {
+    let client_first = !matches!(spec.protocol, crate::config::ListenerProtocol::Tcp);
+    let _ = server.defer_accept(client_first);
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -216,6 +216,9 @@ pub(crate) struct Server {
     pub(crate) addr: SocketAddr,
     stop: StopSender,
     pub(crate) active: Arc<Gauge>,
+    /// The listening sockets, while their accept loops run (each loop holds the one strong
+    /// reference: the socket closes when its loop ends).
+    sockets: Vec<Weak<Listener>>,
 }
 
 impl Server {
@@ -223,6 +226,19 @@ impl Server {
     /// in-flight requests and close; idle keep-alive connections close at once.
     pub(crate) fn stop(&self) {
         self.stop.fire();
+    }
+
+    /// Whether a connection is accepted only once the client's first bytes have arrived
+    /// (`TCP_DEFER_ACCEPT`): for protocols where the client speaks first (HTTP, TLS). Its
+    /// first read then finds the request, and a connection answered and closed at once never
+    /// joins the reactor (lazy.rs). A client that stays silent is accepted after a second
+    /// (when the kernel's first SYN-ACK retransmission is answered), and the usual timeouts
+    /// apply from there. Off for raw TCP, where the server may speak first.
+    pub(crate) fn defer_accept(&self, on: bool) -> std::io::Result<()> {
+        for socket in self.sockets.iter().filter_map(Weak::upgrade) {
+            crate::sys::set_tcp_defer_accept(socket.0.get_ref(), u32::from(on))?;
+        }
+        Ok(())
     }
 }
 
@@ -237,7 +253,7 @@ pub(crate) fn serve<'w, F, Fut>(
     handle: F,
 ) -> std::io::Result<Server>
 where
-    F: Fn(TcpStream, SocketAddr, Stop) -> Fut + Send + Sync + 'static,
+    F: Fn(std::net::TcpStream, SocketAddr, Stop) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let Some(first) = sockets.first() else {
@@ -246,13 +262,15 @@ where
     let addr = first.local_addr()?;
     let (stop, stopped) = Stop::new();
     let handle = Arc::new(handle);
+    let mut kept = Vec::with_capacity(sockets.len());
     for (socket, worker) in sockets.into_iter().zip(workers.cycle()) {
         // Registered with that worker's reactor, and the loop spawned on it.
         let _on = worker.enter();
-        let listener = Listener::new(socket)?;
+        let listener = Arc::new(Listener::new(socket)?);
+        kept.push(Arc::downgrade(&listener));
         accept_loop(listener, stopped.clone(), Arc::clone(&active), accepted.clone(), Arc::clone(&handle));
     }
-    Ok(Server { addr, stop, active })
+    Ok(Server { addr, stop, active, sockets: kept })
 }
 
 /// A listening socket that accepts connections without tokio's assumption that a new
@@ -276,14 +294,15 @@ impl Listener {
         AsyncFd::with_interest(Socket::from(socket), Interest::READABLE).map(Self)
     }
 
-    async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+    /// A connection, non-blocking and not yet registered with the reactor (lazy.rs).
+    async fn accept(&self) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
         loop {
             let mut ready = self.0.readable().await?;
             match ready.try_io(|fd| fd.get_ref().accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)) {
                 Ok(accepted) => {
                     let (socket, peer) = accepted?;
                     let peer = peer.as_socket().ok_or_else(|| std::io::Error::other("not an IP peer"))?;
-                    return Ok((TcpStream::from_std(socket.into())?, peer));
+                    return Ok((socket.into(), peer));
                 }
                 // Nothing left to accept: readiness is cleared, wait for the next connection.
                 Err(_would_block) => {}
@@ -294,13 +313,13 @@ impl Listener {
 
 /// One socket's accept loop, until `stopped` fires.
 fn accept_loop<F, Fut>(
-    listener: Listener,
+    listener: Arc<Listener>,
     mut stopped: Stop,
     gauge: Arc<Gauge>,
     accepted: Option<Arc<ListenerStats>>,
     handle: Arc<F>,
 ) where
-    F: Fn(TcpStream, SocketAddr, Stop) -> Fut + Send + Sync + 'static,
+    F: Fn(std::net::TcpStream, SocketAddr, Stop) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     tokio::spawn(async move {
@@ -327,7 +346,8 @@ fn accept_loop<F, Fut>(
             // Boxed, and the box spawned: tokio copies a task's whole future into its cell
             // when spawned and again (the `Stage` it is kept in) when it completes; a pointer
             // instead of the connection's state (2.3 KiB) saved 2.3% of CPU per new connection.
-            let conn = Box::pin(handle(stream, peer, stopped.clone()));
+            let stop = stopped.clone();
+            let conn = crate::workers::boxed_in_place(|| handle(stream, peer, stop));
             tokio::spawn(async move {
                 let _open = open;
                 conn.await;
@@ -347,7 +367,7 @@ fn accept_loop<F, Fut>(
 pub(crate) async fn proxy_connection(
     shared: Arc<Shared>,
     slot: usize,
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     stop: Stop,
 ) {
@@ -374,14 +394,12 @@ pub(crate) async fn proxy_connection(
                     // a pointer instead of the whole request path's state (about 1 KiB).
                     let answer: Pin<Box<dyn Future<Output = _> + Send>> =
                         match limits::admit(req, &http.limits, &refusals) {
-                            Ok(req) => Box::pin(proxy::handle(
-                                Arc::clone(&shared),
-                                Arc::clone(&kind),
-                                slot,
-                                peer,
-                                req,
-                                ex,
-                            )),
+                            Ok(req) => {
+                                let (shared, kind) = (Arc::clone(&shared), Arc::clone(&kind));
+                                crate::workers::boxed_in_place(|| {
+                                    proxy::handle(shared, kind, slot, peer, req, ex)
+                                })
+                            }
                             Err(refusal) => Box::pin(std::future::ready(proxy::refused(refusal, ex))),
                         };
                     answer
@@ -389,11 +407,15 @@ pub(crate) async fn proxy_connection(
             };
             let errors = Some(&http.stats.protocol_errors);
             match &http.tls {
-                None => http.server.serve(stream, service, false, false, stop, errors).await,
+                None => {
+                    let stream = crate::lazy::LazyStream::new(stream);
+                    http.server.serve(stream, service, false, false, stop, errors).await;
+                }
                 // Boxed: the handshake and the TLS stream are kilobytes, which every plaintext
                 // connection's task would otherwise carry too.
                 Some(config) => {
                     Box::pin(async move {
+                        let Ok(stream) = TcpStream::from_std(stream) else { return };
                         let _ = stream.set_nodelay(true);
                         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
                         let handshake =
@@ -412,10 +434,12 @@ pub(crate) async fn proxy_connection(
             }
         }
         ListenerKind::Tcp { split, idle } => {
+            let Ok(stream) = TcpStream::from_std(stream) else { return };
             let _ = stream.set_nodelay(true);
             tcp::proxy(stream, split, *idle).await;
         }
         ListenerKind::TlsPassthrough { router, idle } => {
+            let Ok(stream) = TcpStream::from_std(stream) else { return };
             let _ = stream.set_nodelay(true);
             // Boxed: reading the ClientHello takes almost 3 KiB of state, which every other
             // connection's task would otherwise carry too.
@@ -477,7 +501,7 @@ mod tests {
             std::mem::size_of::<Fut>()
         }
         let size =
-            size_of_future::<Arc<crate::engine::Shared>, usize, tokio::net::TcpStream, SocketAddr, Stop, _>(
+            size_of_future::<Arc<crate::engine::Shared>, usize, std::net::TcpStream, SocketAddr, Stop, _>(
                 super::proxy_connection,
             );
         assert!(size <= 3072, "{size} bytes");
@@ -529,5 +553,50 @@ mod tests {
             group.iter().map(|s| std::iter::from_fn(|| s.accept().ok()).count()).collect();
         assert_eq!(counts.iter().sum::<usize>(), clients.len());
         assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
+    }
+
+    /// HTTP listeners defer the accept until the client speaks (`Server::defer_accept`); a
+    /// listener turned off again accepts a silent client at once.
+    #[tokio::test]
+    async fn a_deferred_listener_accepts_a_connection_when_its_client_speaks() {
+        use std::io::Write;
+        let sockets = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = sockets[0].local_addr().unwrap();
+        let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let here = tokio::runtime::Handle::current();
+        let server =
+            super::serve(sockets, std::iter::once(&here), Arc::default(), None, move |stream, _, _| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(stream);
+                }
+            })
+            .unwrap();
+        let deferral = |server: &super::Server| -> Vec<u32> {
+            let sockets = server.sockets.iter().filter_map(std::sync::Weak::upgrade);
+            sockets.map(|l| crate::sys::tcp_defer_accept(l.0.get_ref()).unwrap()).collect()
+        };
+        assert_eq!(deferral(&server), [0, 0]);
+        server.defer_accept(true).unwrap();
+        assert!(deferral(&server).iter().all(|&s| s > 0), "{:?}", deferral(&server));
+
+        async fn wait(
+            ms: u64,
+            accepted: &mut tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+        ) -> Result<Option<std::net::TcpStream>, tokio::time::error::Elapsed> {
+            tokio::time::timeout(Duration::from_millis(ms), accepted.recv()).await
+        }
+        let mut silent = std::net::TcpStream::connect(addr).unwrap();
+        assert!(wait(300, &mut accepted).await.is_err(), "accepted before the client said anything");
+        silent.write_all(b"GET").unwrap();
+        let stream = wait(5000, &mut accepted).await.expect("accepted once it spoke").unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), silent.local_addr().unwrap());
+
+        server.defer_accept(false).unwrap();
+        assert_eq!(deferral(&server), [0, 0]);
+        let quiet = std::net::TcpStream::connect(addr).unwrap();
+        let stream = wait(5000, &mut accepted).await.expect("accepted at once").unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), quiet.local_addr().unwrap());
+        server.stop();
     }
 }
