@@ -273,16 +273,18 @@ where
     Ok(Server { addr, stop, active, sockets: kept })
 }
 
-/// A listening socket that accepts connections without tokio's assumption that a new
-/// connection is readable at once.
+/// A listening socket whose connections come out non-blocking and not registered with the
+/// reactor: the connection's handler decides when they join it.
 ///
-/// tokio's `TcpListener::accept` marks each accepted stream readable and writable before the
-/// reactor has said so, so that its first read is tried at once. Under load that read mostly
-/// finds nothing: the client's request has not arrived when its handshake completes.
-/// Measured on `h1-new-connection`, 0.98 failed `recvfrom` per connection (2.98 per request
-/// against nginx's 2.00). Accepted here with `accept4` (non-blocking, close-on-exec, as
-/// tokio does) and registered afresh, a stream's first read waits for the reactor's event,
-/// as in nginx.
+/// tokio's `TcpListener::accept` registers each stream and marks it readable and writable
+/// before the reactor has said so, so that its first read is tried at once. Without a
+/// deferred accept that read mostly finds nothing under load (the client's request has not
+/// arrived when its handshake completes: 0.98 failed `recvfrom` per connection on
+/// `h1-new-connection`). Here `accept4` (non-blocking, close-on-exec, as tokio does) hands
+/// over a plain socket: plaintext HTTP reads it at once (its listener defers the accept until
+/// the request is in, `Server::defer_accept`) and registers it only when it would block
+/// (lazy.rs); TLS, TCP and passthrough register it at once, and their first read waits for
+/// the reactor's event, as in nginx.
 struct Listener(AsyncFd<Socket>);
 
 impl Listener {
