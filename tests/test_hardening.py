@@ -512,6 +512,23 @@ def test_slow_headers_are_cut_and_idle_connections_closed(
             assert 0.4 < time.monotonic() - started < 5
 
 
+def test_a_client_that_never_speaks_is_accepted_late_and_then_timed_out(
+    echo: Callable[..., Echo], mesh: Callable[..., Mesh]
+) -> None:
+    """HTTP listeners defer the accept until the client's first bytes (TCP_DEFER_ACCEPT): a
+    silent connection is accepted about a second later, and the listener's timeouts close it
+    from there; it is not left open, and it does not keep others from being served."""
+    m = one_listener(mesh, echo("e"), {"idle_timeout": "300ms"})
+    url = m.listener("in")
+    with socket.create_connection(addr_of(url), timeout=10) as silent:
+        started = time.monotonic()
+        assert httpx.get(url + "/", timeout=10).status_code == 200
+        assert silent.recv(1) == b""  # closed by the proxy, not by the 10 s socket timeout
+        waited = time.monotonic() - started
+    # deferred (about 1 s, the kernel's first SYN-ACK retransmission), then the idle timeout
+    assert 0.9 < waited < 6, waited
+
+
 def read_all(s: socket.socket) -> bytes:
     out = b""
     while chunk := s.recv(65536):
