@@ -287,7 +287,7 @@ def test_a_server_that_speaks_first_is_heard_at_once_and_http_waits_for_the_clie
     # A client that waits before it speaks is answered when it does.
     front = m.listener("front")
     with socket.create_connection(host_port(front), timeout=10) as s:
-        time.sleep(0.3)
+        time.sleep(0.3)  # the point of the test: a client that speaks late, not a sync
         s.sendall(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
         answer = read_all(s)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:100]

@@ -129,6 +129,7 @@ def test_the_lease_loop_waits_between_tries_when_an_expired_lease_cannot_go(
 
     async def run_for(seconds: float) -> None:
         task = asyncio.create_task(_lease_loop(cast(Host, Draining()), leases))
+        # Not a sync: the loop runs for a fixed window whose tries are then counted.
         await asyncio.sleep(seconds)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -148,7 +148,9 @@ impl crate::http::h1server::NoDelay for LazyStream {
 #[cfg(test)]
 mod tests {
     use super::LazyStream;
+    use std::future::Future;
     use std::io::{Read, Write};
+    use std::task::Poll;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -184,16 +186,15 @@ mod tests {
         client.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"answer");
 
-        // Nothing to read: it registers, waits, and the client's next bytes wake it.
-        let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            client.write_all(b"again").unwrap();
-            client
-        });
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        // Nothing to read: one poll finds the socket empty, registers it and waits; the
+        // client's next bytes then wake the read.
+        let mut read = Box::pin(stream.read(&mut buf));
+        let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "nothing was sent yet");
+        client.write_all(b"again").unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), read).await.unwrap().unwrap();
         assert_eq!(&buf[..n], b"again");
         assert!(registered(&stream));
-        let mut client = writer.join().unwrap();
         stream.write_all(b"bye").await.unwrap();
         stream.shutdown().await.unwrap();
         let mut rest = Vec::new();
