@@ -12,7 +12,6 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 
 use crate::engine::Shared;
 use crate::http::limits::{self, Refusals, RequestBody};
@@ -417,8 +416,8 @@ pub(crate) async fn proxy_connection(
                 // connection's task would otherwise carry too.
                 Some(config) => {
                     Box::pin(async move {
-                        let Ok(stream) = TcpStream::from_std(stream) else { return };
                         let _ = stream.set_nodelay(true);
+                        let Ok(stream) = crate::lazy::Socket::new(stream) else { return };
                         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
                         let handshake =
                             tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
@@ -436,13 +435,13 @@ pub(crate) async fn proxy_connection(
             }
         }
         ListenerKind::Tcp { split, idle } => {
-            let Ok(stream) = TcpStream::from_std(stream) else { return };
             let _ = stream.set_nodelay(true);
+            let Ok(stream) = crate::lazy::Socket::new(stream) else { return };
             tcp::proxy(stream, split, *idle).await;
         }
         ListenerKind::TlsPassthrough { router, idle } => {
-            let Ok(stream) = TcpStream::from_std(stream) else { return };
             let _ = stream.set_nodelay(true);
+            let Ok(stream) = crate::lazy::Socket::new(stream) else { return };
             // Boxed: reading the ClientHello takes almost 3 KiB of state, which every other
             // connection's task would otherwise carry too.
             Box::pin(tcp::passthrough(stream, router, *idle)).await;

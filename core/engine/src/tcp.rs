@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::cluster::Cluster;
 use crate::http::server::Activity;
+use crate::lazy::Socket;
 use crate::metrics::OpenConnection;
 
 /// Clusters by weight, for a TCP listener or an SNI route.
@@ -103,14 +103,14 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HELLO: usize = 16 * 1024 + 5;
 
 /// Proxy `down` to an endpoint of a cluster chosen from `split`.
-pub(crate) async fn proxy(down: TcpStream, split: &Split, idle: Duration) {
+pub(crate) async fn proxy(down: Socket, split: &Split, idle: Duration) {
     let Some(cluster) = split.pick() else { return };
     let _ = relay(down, cluster, idle).await;
 }
 
 /// Read the ClientHello without consuming it, route by its server name, and relay the
 /// untouched bytes both ways.
-pub(crate) async fn passthrough(down: TcpStream, router: &SniRouter, idle: Duration) {
+pub(crate) async fn passthrough(down: Socket, router: &SniRouter, idle: Duration) {
     let Ok(Ok(sni)) = tokio::time::timeout(HELLO_TIMEOUT, peek_sni(&down)).await else {
         return; // not TLS, too slow, or too large: close
     };
@@ -122,7 +122,7 @@ pub(crate) async fn passthrough(down: TcpStream, router: &SniRouter, idle: Durat
 ///
 /// rustls' `Acceptor` does the parsing; it is fed a copy of the peeked bytes, so nothing is
 /// taken off the socket and the upstream receives the hello exactly as the client sent it.
-async fn peek_sni(stream: &TcpStream) -> io::Result<Option<String>> {
+async fn peek_sni(stream: &Socket) -> io::Result<Option<String>> {
     let mut buf = vec![0u8; MAX_HELLO];
     let mut seen = 0;
     loop {
@@ -148,17 +148,17 @@ async fn peek_sni(stream: &TcpStream) -> io::Result<Option<String>> {
 
 /// Connect to an endpoint of `cluster` and copy bytes both ways until both sides are done
 /// (each direction's end is passed on as a half-close) or nothing moved for `idle`.
-async fn relay(mut down: TcpStream, cluster: &Cluster, idle: Duration) -> io::Result<()> {
+async fn relay(down: Socket, cluster: &Cluster, idle: Duration) -> io::Result<()> {
     // --- load balancing: the connection counts in flight on its endpoint until it ends.
-    let peer = down.peer_addr()?;
+    let peer = down.get_ref().peer_addr()?;
     let Some((endpoint, _in_flight)) = cluster.pick_connection(peer) else {
         return Err(io::ErrorKind::ConnectionRefused.into()); // no endpoint in rotation
     };
     let stats = &cluster.upstream.stats;
     let target =
         (endpoint.host().trim_start_matches('[').trim_end_matches(']'), endpoint.port_u16().unwrap_or(0));
-    let connect = tokio::time::timeout(cluster.upstream.settings.connect_timeout, TcpStream::connect(target));
-    let mut up = match connect.await {
+    let connect = tokio::time::timeout(cluster.upstream.settings.connect_timeout, connect(target));
+    let up = match connect.await {
         Ok(Ok(s)) => s,
         _ => {
             stats.connect_failures.inc();
@@ -166,13 +166,13 @@ async fn relay(mut down: TcpStream, cluster: &Cluster, idle: Duration) -> io::Re
         }
     };
     let _open = OpenConnection::new(Arc::clone(stats));
-    let _ = up.set_nodelay(true);
+    let _ = up.get_ref().set_nodelay(true);
 
     // Idle: no byte either way for `idle` (give or take a quarter: the watchdog looks four
     // times per timeout, so each chunk costs one relaxed store, not a clock reading).
     let activity = Activity::default();
-    let (mut dr, mut dw) = down.split();
-    let (mut ur, mut uw) = up.split();
+    // Each direction reads one socket and writes the other, through shared references.
+    let (mut dr, mut dw, mut ur, mut uw) = (&down, &down, &up, &up);
     let both = async {
         let (a, b) = tokio::join!(pump(&mut dr, &mut uw, &activity), pump(&mut ur, &mut dw, &activity));
         a.and(b)
@@ -183,6 +183,19 @@ async fn relay(mut down: TcpStream, cluster: &Cluster, idle: Duration) -> io::Re
         r = both => r,
         () = activity.idle(idle) => Ok(()),
     }
+}
+
+/// The first address of `host` that takes a connection (an IP literal resolves at once;
+/// a name is looked up off the worker).
+async fn connect((host, port): (&str, u16)) -> io::Result<Socket> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the endpoint's name resolves to no address");
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match Socket::connect(addr).await {
+            Ok(socket) => return Ok(socket),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Copy one direction until EOF, then half-close the other side's write half.

@@ -31,7 +31,6 @@ use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_service::Service;
 
@@ -39,7 +38,7 @@ use super::client::{Counted, CountingConnector, UpstreamError};
 use super::headers::{connection_names, has_token, is_hop_by_hop};
 
 /// The transport of a plaintext upstream connection, counted while open (client.rs).
-type Io = TokioIo<Counted<TokioIo<tokio::net::TcpStream>>>;
+type Io = Counted<crate::lazy::Socket>;
 
 /// A response head larger than this is refused (502), as hyper's client refuses one larger
 /// than its read buffer.
@@ -234,7 +233,8 @@ impl H1Pool {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(UpstreamError::connect)?;
         let io = connector.call(uri).await.map_err(UpstreamError::connect)?;
-        Ok(Conn::new(TokioIo::new(io)))
+        let io = io.try_map(|tcp| crate::lazy::Socket::from_tokio(tcp.into_inner()));
+        Ok(Conn::new(io.map_err(|e| UpstreamError::connect(Box::new(e)))?))
     }
 
     /// Send a request whose URI names the endpoint, with its whole body, and read the

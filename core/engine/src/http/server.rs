@@ -400,7 +400,7 @@ impl<I: NoDelay> NoDelay for Tracked<I> {
     }
 }
 
-impl NoDelay for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+impl NoDelay for tokio_rustls::server::TlsStream<crate::lazy::Socket> {
     /// Already set on the TCP stream, before the handshake's several writes.
     fn set_nodelay(&self) {}
 }
