@@ -329,6 +329,16 @@ mod tests {
         (client, LazyStream::new(accepted))
     }
 
+    /// `fut`'s output, after one poll that must find it waiting and then `wake` (which should
+    /// end the wait; 5 s at most).
+    async fn waits_until<F: Future>(fut: F, wake: impl FnOnce()) -> F::Output {
+        let mut fut = Box::pin(fut);
+        let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "it waits: nothing was sent yet");
+        wake();
+        tokio::time::timeout(Duration::from_secs(5), fut).await.expect("woken")
+    }
+
     fn registered(stream: &LazyStream) -> bool {
         matches!(stream, LazyStream::Registered(_))
     }
@@ -354,11 +364,7 @@ mod tests {
 
         // Nothing to read: one poll finds the socket empty, registers it and waits; the
         // client's next bytes then wake the read.
-        let mut read = Box::pin(stream.read(&mut buf));
-        let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-        assert!(first.is_pending(), "nothing was sent yet");
-        client.write_all(b"again").unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(5), read).await.unwrap().unwrap();
+        let n = waits_until(stream.read(&mut buf), || client.write_all(b"again").unwrap()).await.unwrap();
         assert_eq!(&buf[..n], b"again");
         assert!(registered(&stream));
         stream.write_all(b"bye").await.unwrap();
@@ -455,12 +461,8 @@ mod tests {
             .unwrap();
         assert_eq!(&big[..n], b"456789", "the rest, in one read");
         // That read drained it (fewer bytes than its room): the next one waits...
-        let mut next = Box::pin(r.read(&mut big));
-        let first = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await;
-        assert!(first.is_pending(), "nothing more was sent yet");
         // ...and the peer's next bytes wake it.
-        peer.write_all(b"more").unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(5), next).await.unwrap().unwrap();
+        let n = waits_until(r.read(&mut big), || peer.write_all(b"more").unwrap()).await.unwrap();
         assert_eq!(&big[..n], b"more");
         // A peek leaves the bytes for the read after it.
         peer.write_all(b"peeked").unwrap();

@@ -34,11 +34,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_service::Service;
 
-use super::client::{Counted, CountingConnector, UpstreamError};
+use super::client::{CountingConnector, UpstreamError};
 use super::headers::{connection_names, has_token, is_hop_by_hop};
-
-/// The transport of a plaintext upstream connection, counted while open (client.rs).
-type Io = Counted<crate::lazy::Socket>;
+use crate::lazy::Socket;
+use crate::metrics::OpenConnection;
 
 /// A response head larger than this is refused (502), as hyper's client refuses one larger
 /// than its read buffer.
@@ -58,15 +57,17 @@ const MAX_READ_CHUNK: usize = 512 * 1024;
 /// One upstream connection and the bytes read from it and not yet used.
 #[derive(Debug)]
 struct Conn {
-    io: Io,
+    io: Socket,
+    /// Counts the connection as open (client.rs) until it drops.
+    _open: OpenConnection,
     buf: BytesMut,
     /// The room the next read gets (between `READ_CHUNK` and `MAX_READ_CHUNK`).
     read_size: usize,
 }
 
 impl Conn {
-    fn new(io: Io) -> Self {
-        Self { io, buf: BytesMut::new(), read_size: READ_CHUNK }
+    fn new(io: Socket, open: OpenConnection) -> Self {
+        Self { io, _open: open, buf: BytesMut::new(), read_size: READ_CHUNK }
     }
 
     /// Read more into the buffer: the count read, 0 at end of stream.
@@ -232,9 +233,9 @@ impl H1Pool {
             .map_err(|e| UpstreamError::connect(Box::new(e)))?;
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(UpstreamError::connect)?;
-        let io = connector.call(uri).await.map_err(UpstreamError::connect)?;
-        let io = io.try_map(|tcp| crate::lazy::Socket::from_tokio(tcp.into_inner()));
-        Ok(Conn::new(io.map_err(|e| UpstreamError::connect(Box::new(e)))?))
+        let (io, open) = connector.call(uri).await.map_err(UpstreamError::connect)?.into_parts();
+        let io = Socket::from_tokio(io.into_inner()).map_err(|e| UpstreamError::connect(Box::new(e)))?;
+        Ok(Conn::new(io, open))
     }
 
     /// Send a request whose URI names the endpoint, with its whole body, and read the
