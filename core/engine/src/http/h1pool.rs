@@ -605,11 +605,14 @@ fn parse_head(buf: &mut BytesMut, pass: bool) -> io::Result<Option<Head>> {
     };
     let status = StatusCode::from_u16(code).map_err(|_| invalid("bad response status"))?;
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    let head = buf.split_to(len).freeze();
+    let mut head = buf.split_to(len).freeze();
     let spans = &spans[..count];
     if plain && holes.count_ones() as usize <= MAX_HOLES {
-        if let Some(raw) = RawHead::of(&head, spans, holes, facts) {
-            return Ok(Some(Head { status, version, headers: HeaderMap::new(), raw: Some(raw), facts }));
+        match RawHead::of(head, spans, holes, facts) {
+            Ok(raw) => {
+                return Ok(Some(Head { status, version, headers: HeaderMap::new(), raw: Some(raw), facts }));
+            }
+            Err(back) => head = back,
         }
     }
     let mut headers = HeaderMap::with_capacity(count);
@@ -628,34 +631,32 @@ fn parse_head(buf: &mut BytesMut, pass: bool) -> io::Result<Option<Head>> {
 
 impl RawHead {
     /// The passed form of `head`, whose fields are at `spans` and whose lines marked in
-    /// `holes` are left out; None if a line does not end in CRLF (httparse also takes a bare
-    /// LF, which is not passed on: the map's encoding writes CRLF).
-    fn of(head: &Bytes, spans: &[(u32, u32, u32, u32)], holes: u128, facts: Facts) -> Option<Self> {
+    /// `holes` are left out; `head` back if a line does not end in CRLF (httparse also takes a
+    /// bare LF, which is not passed on: the map's encoding writes CRLF). Taken, not borrowed:
+    /// a clone of the shared buffer is an atomic increment, and its drop a decrement.
+    fn of(head: Bytes, spans: &[(u32, u32, u32, u32)], holes: u128, facts: Facts) -> Result<Self, Bytes> {
         let crlf_before = |at: u32| at >= 2 && head.get(at as usize - 2..at as usize) == Some(b"\r\n");
-        let end = u32::try_from(head.len()).ok()? - 2;
-        if !crlf_before(end + 2) || !crlf_before(end) {
-            return None;
-        }
-        let mut raw = Self {
-            head: head.clone(),
-            lines: (spans.first().map_or(end, |s| s.0), end),
-            holes: [(0, 0); MAX_HOLES],
-            holes_len: 0,
-            length: facts.length,
-            date: facts.date,
+        let Some(end) = u32::try_from(head.len()).ok().and_then(|n| n.checked_sub(2)) else {
+            return Err(head);
         };
+        if !crlf_before(end + 2) || !crlf_before(end) {
+            return Err(head);
+        }
+        let lines = (spans.first().map_or(end, |s| s.0), end);
+        let mut cut = [(0, 0); MAX_HOLES];
+        let mut cut_len = 0u8;
         for (i, span) in spans.iter().enumerate() {
             // Each line runs to the next one's name (or to the blank line).
             let next = spans.get(i + 1).map_or(end, |s| s.0);
             if !crlf_before(span.0) || !crlf_before(next) {
-                return None;
+                return Err(head);
             }
             if holes & (1 << i) != 0 {
-                raw.holes[usize::from(raw.holes_len)] = (span.0, next);
-                raw.holes_len += 1;
+                cut[usize::from(cut_len)] = (span.0, next);
+                cut_len += 1;
             }
         }
-        Some(raw)
+        Ok(Self { head, lines, holes: cut, holes_len: cut_len, length: facts.length, date: facts.date })
     }
 }
 
