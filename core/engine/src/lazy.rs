@@ -116,12 +116,26 @@ impl Socket {
         }
     }
 
-    /// Read the head of what the socket holds without taking it off.
-    pub(crate) async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Read the head of what the socket holds without taking it off, once it holds more than
+    /// `seen` bytes (0: anything); 0 when the peer ends the stream first.
+    ///
+    /// A peek leaves the socket readable, so asking again would answer at once with the same
+    /// bytes. Instead, a peek that finds no more than `seen` clears the readiness it was woken
+    /// by and waits for the next edge: the next bytes to arrive (or the peer's end). tokio
+    /// clears it only if no newer event came in meanwhile, so bytes arriving between the peek
+    /// and the clear are not missed.
+    pub(crate) async fn peek_more(&self, buf: &mut [u8], seen: usize) -> io::Result<usize> {
         loop {
             let mut ready = self.0.readable().await?;
-            if let Ok(peeked) = ready.try_io(|io| io.get_ref().peek(buf)) {
-                return peeked;
+            match ready.try_io(|io| io.get_ref().peek(buf)) {
+                Ok(Ok(n)) if n <= seen && n < buf.len() => {
+                    if ready.ready().is_read_closed() {
+                        return Ok(0); // nothing more will come
+                    }
+                    ready.clear_ready();
+                }
+                Ok(peeked) => return peeked,
+                Err(_would_block) => {}
             }
         }
     }
@@ -464,15 +478,29 @@ mod tests {
         // ...and the peer's next bytes wake it.
         let n = waits_until(r.read(&mut big), || peer.write_all(b"more").unwrap()).await.unwrap();
         assert_eq!(&big[..n], b"more");
-        // A peek leaves the bytes for the read after it.
-        peer.write_all(b"peeked").unwrap();
-        let mut head = [0u8; 6];
-        let seen =
-            tokio::time::timeout(Duration::from_secs(5), socket.peek(&mut head)).await.unwrap().unwrap();
-        assert_eq!(&head[..seen], &b"peeked"[..seen]);
+        // A peek leaves the bytes for the read after it, and waits for more than it has seen:
+        // the peer's next bytes wake it.
+        peer.write_all(b"pee").unwrap();
+        let mut head = [0u8; 16];
+        let peek = socket.peek_more(&mut head, 0);
+        let seen = tokio::time::timeout(Duration::from_secs(5), peek).await.unwrap().unwrap();
+        assert_eq!(&head[..seen], &b"pee"[..seen]);
+        let more =
+            waits_until(socket.peek_more(&mut head, 3), || peer.write_all(b"ked").unwrap()).await.unwrap();
+        assert!(more > 3 && head[..more] == b"peeked"[..more], "{more}");
         let mut all = [0u8; 6];
         r.read_exact(&mut all).await.unwrap();
         assert_eq!(&all, b"peeked");
+        // A peek waiting for more learns of the peer's end instead of spinning on what it has.
+        peer.write_all(b"x").unwrap();
+        let peek = socket.peek_more(&mut head, 0);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), peek).await.unwrap().unwrap(), 1);
+        let ended =
+            waits_until(socket.peek_more(&mut head, 1), || peer.shutdown(std::net::Shutdown::Write).unwrap());
+        assert_eq!(ended.await.unwrap(), 0);
+        let mut x = [0u8; 1];
+        r.read_exact(&mut x).await.unwrap();
+        assert_eq!(&x, b"x");
         // The peer's close is the end of the stream.
         drop(peer);
         assert_eq!(r.read(&mut big).await.unwrap(), 0);
@@ -496,16 +524,13 @@ mod tests {
         // The bytes are at the peer, unread: its close answers with a reset.
         peer.peek(&mut [0u8; 6]).unwrap();
         drop(peer);
-        let mut failed = None;
-        for _ in 0..500 {
-            if let Err(e) = w.write_all(&[0u8; 1024]).await {
-                failed = Some(e);
-                break;
-            }
-            // Polls for the reset's arrival (on loopback it is in before the close returns).
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let kind = failed.expect("a write fails once the reset is in").kind();
+        // The reset's arrival wakes a read, which reports it (an event, not a timed wait)...
+        let mut r = &socket;
+        let read = tokio::time::timeout(Duration::from_secs(5), r.read(&mut [0u8; 16])).await;
+        let kind = read.expect("woken by the reset").unwrap_err().kind();
+        assert_eq!(kind, std::io::ErrorKind::ConnectionReset);
+        // ...and a write after it fails instead of sending into a dead connection.
+        let kind = w.write_all(&[0u8; 1024]).await.unwrap_err().kind();
         assert!(
             matches!(kind, std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe),
             "{kind:?}"

@@ -126,7 +126,7 @@ async fn peek_sni(stream: &Socket) -> io::Result<Option<String>> {
     let mut buf = vec![0u8; MAX_HELLO];
     let mut seen = 0;
     loop {
-        let n = stream.peek(&mut buf).await?;
+        let n = stream.peek_more(&mut buf, seen).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -134,13 +134,8 @@ async fn peek_sni(stream: &Socket) -> io::Result<Option<String>> {
         acceptor.read_tls(&mut &buf[..n])?;
         match acceptor.accept() {
             Ok(Some(accepted)) => return Ok(accepted.client_hello().server_name().map(str::to_owned)),
-            Ok(None) if n < MAX_HELLO => {
-                if n == seen {
-                    // peek answers at once while the same bytes wait: let more arrive.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                seen = n;
-            }
+            // Not all of it yet: wait for more bytes than these.
+            Ok(None) if n < MAX_HELLO => seen = n,
             _ => return Err(io::ErrorKind::InvalidData.into()),
         }
     }
