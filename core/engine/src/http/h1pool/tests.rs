@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Body as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -296,6 +297,26 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
     drop(first);
     assert_eq!(collect(up.request(request(s.addr, Method::GET, b"")).await.unwrap()).await.unwrap().0, "ok");
     assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_whole_body_dropped_unpolled_still_pools_its_connection() {
+    // The server never polls a body that is already whole: dropped, it is not a cut one.
+    let s = scripted(vec![
+        Answer::Send(b"HTTP/1.1 204 No Content\r\n\r\n"),
+        Answer::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+        Answer::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    ])
+    .await;
+    let up = upstream();
+    for status in [StatusCode::NO_CONTENT, StatusCode::OK] {
+        let resp = up.request(request(s.addr, Method::GET, b"")).await.unwrap();
+        assert_eq!(resp.status(), status);
+        assert!(resp.body().is_end_stream());
+        drop(resp);
+    }
+    assert_eq!(collect(up.request(request(s.addr, Method::GET, b"")).await.unwrap()).await.unwrap().0, "ok");
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "a whole body's connection was closed");
 }
 
 #[tokio::test]
