@@ -326,9 +326,8 @@ impl H1Pool {
         mut conn: Box<Conn>,
         is_head: bool,
     ) -> Result<Response<H1Body>, Box<dyn std::error::Error + Send + Sync>> {
-        let Head { status, version, headers, raw, facts } = head;
+        let Head { status, version, headers, facts } = head;
         (conn.framing, conn.keep_alive) = framing(status, version, facts, is_head)?;
-        conn.raw = raw;
         conn.pool = Some(Arc::clone(&self.idle));
         // A body that is already whole (`Length(0)`) pools its connection when it is
         // dropped, after the server has written the head it may hold.
@@ -415,10 +414,10 @@ struct Head {
     status: StatusCode,
     version: Version,
     /// Without the hop-by-hop `Keep-Alive`, and without `Connection` unless it names other
-    /// headers (which `strip_hop_by_hop` then removes with it). Empty when `raw` holds them.
+    /// headers (which `strip_hop_by_hop` then removes with it). Empty when the head is passed
+    /// on as read (a [`RawHead`], which the parse leaves in the connection: this stays small
+    /// enough to move without a `memmove` call).
     headers: HeaderMap,
-    /// The head as read, when it is passed on that way (see [`RawHead`]).
-    raw: Option<RawHead>,
     /// How its body is framed, read from its headers.
     facts: Facts,
 }
@@ -527,7 +526,7 @@ async fn exchange(conn: &mut Conn, req: &Encoded) -> Result<Head, Failed> {
     loop {
         if !conn.buf.is_empty() {
             answered = true;
-            match parse_head(&mut conn.buf, req.pass_head) {
+            match parse_head(&mut conn.buf, req.pass_head, &mut conn.raw) {
                 Ok(Some(head)) if head.status.is_informational() => {
                     // 100 Continue, 103 Early Hints: the final answer follows. 101 cannot
                     // come, since upgrades do not take this path.
@@ -557,10 +556,12 @@ async fn exchange(conn: &mut Conn, req: &Encoded) -> Result<Head, Failed> {
 }
 
 /// Parse a response head at the start of `buf`, consuming it when complete: into a
-/// [`RawHead`] when `pass` allows and the head is plain, else into a map whose values are
-/// views of the head's bytes, not copies. Either way its framing fields are read here, and
-/// what could be read two ways is refused (conflicting lengths).
-fn parse_head(buf: &mut BytesMut, pass: bool) -> io::Result<Option<Head>> {
+/// [`RawHead`] put in `passed` when `pass` allows and the head is plain (`passed` is None
+/// otherwise), else into a map whose values are views of the head's bytes, not copies.
+/// Either way its framing fields are read here, and what could be read two ways is refused
+/// (conflicting lengths).
+fn parse_head(buf: &mut BytesMut, pass: bool, passed: &mut Option<RawHead>) -> io::Result<Option<Head>> {
+    *passed = None;
     // (name start, name end, value start, value end) of each header, as offsets into `buf`
     // (the read buffer is far below 4 GiB, so u32 holds them: half the stack to clear).
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
@@ -634,7 +635,8 @@ fn parse_head(buf: &mut BytesMut, pass: bool) -> io::Result<Option<Head>> {
     if plain && holes.count_ones() as usize <= MAX_HOLES {
         match RawHead::of(head, spans, holes, facts) {
             Ok(raw) => {
-                return Ok(Some(Head { status, version, headers: HeaderMap::new(), raw: Some(raw), facts }));
+                *passed = Some(raw);
+                return Ok(Some(Head { status, version, headers: HeaderMap::new(), facts }));
             }
             Err(back) => head = back,
         }
@@ -650,7 +652,7 @@ fn parse_head(buf: &mut BytesMut, pass: bool) -> io::Result<Option<Head>> {
             .map_err(|_| invalid("bad response header value"))?;
         headers.append(name, value);
     }
-    Ok(Some(Head { status, version, headers, raw: None, facts }))
+    Ok(Some(Head { status, version, headers, facts }))
 }
 
 impl RawHead {

@@ -145,7 +145,11 @@ pub(crate) fn handle(
                                 encoded.pass_head =
                                     req.body().read_by_own_server() && !target.actions.edits_response();
                                 drop(req);
-                                match Until::new(deadline, h1.send(&encoded, endpoint)).await {
+                                // Pinned where it is made, and raced by reference: moved
+                                // into `Until` and with it into this future's state, the
+                                // client's 376-byte future was copied four times.
+                                let send = std::pin::pin!(h1.send(&encoded, endpoint));
+                                match Until::new(deadline, send).await {
                                     Some(sent) => {
                                         let sent = sent.map(|r| r.map(UpstreamResponseBody::Own));
                                         answered(cluster, sent, None, &mut ex)

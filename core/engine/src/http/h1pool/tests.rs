@@ -361,8 +361,9 @@ async fn connection_headers_are_read_not_kept_and_close_ends_the_connection() {
 /// The lines a passed head writes.
 fn passed_lines(head: &[u8]) -> Option<(String, Option<u64>, bool)> {
     let mut buf = bytes::BytesMut::from(head);
-    let parsed = super::parse_head(&mut buf, true).unwrap().unwrap();
-    let raw = parsed.raw?;
+    let mut raw = None;
+    let parsed = super::parse_head(&mut buf, true, &mut raw).unwrap().unwrap();
+    let raw = raw?;
     assert!(parsed.headers.is_empty(), "a passed head's map is empty");
     let mut out = Vec::new();
     raw.write_lines(&mut out);
@@ -411,8 +412,9 @@ fn a_head_that_is_not_plain_takes_the_map() {
     let mut buf = bytes::BytesMut::from(
         &b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nServer: up\r\ncontent-length: 0\r\n\r\n"[..],
     );
-    let parsed = super::parse_head(&mut buf, false).unwrap().unwrap();
-    assert!(parsed.raw.is_none());
+    let mut raw = None;
+    let parsed = super::parse_head(&mut buf, false, &mut raw).unwrap().unwrap();
+    assert!(raw.is_none());
     assert_eq!(parsed.headers.len(), 2);
     assert_eq!(parsed.headers["server"], "up");
 }
@@ -436,7 +438,7 @@ fn framing_is_read_and_refused_alike_whether_the_head_passes_or_not() {
     for pass in [true, false] {
         for head in refused {
             let mut buf = bytes::BytesMut::from(head);
-            let outcome = match super::parse_head(&mut buf, pass) {
+            let outcome = match super::parse_head(&mut buf, pass, &mut None) {
                 Err(e) => Err(e.to_string()),
                 Ok(h) => {
                     let h = h.unwrap();
@@ -447,7 +449,7 @@ fn framing_is_read_and_refused_alike_whether_the_head_passes_or_not() {
         }
         for (head, framing, keep_alive) in read {
             let mut buf = bytes::BytesMut::from(head);
-            let h = super::parse_head(&mut buf, pass).unwrap().unwrap();
+            let h = super::parse_head(&mut buf, pass, &mut None).unwrap().unwrap();
             let (f, k) = super::framing(h.status, h.version, h.facts, false).unwrap();
             assert_eq!(
                 (format!("{f:?}"), k),
