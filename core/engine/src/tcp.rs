@@ -163,20 +163,47 @@ async fn relay(down: Socket, cluster: &Cluster, idle: Duration) -> io::Result<()
     let _open = OpenConnection::new(Arc::clone(stats));
     let _ = up.get_ref().set_nodelay(true);
 
-    // Idle: no byte either way for `idle` (give or take a quarter: the watchdog looks four
-    // times per timeout, so each chunk costs one relaxed store, not a clock reading).
-    let activity = Activity::default();
-    // Each direction reads one socket and writes the other, through shared references.
-    let (mut dr, mut dw, mut ur, mut uw) = (&down, &down, &up, &up);
+    // Each direction reads one socket and writes the other, through shared references, in a
+    // task of its own: the task a wake-up reaches is the one direction waiting on that
+    // socket. Joined in one task, every wake-up polled both directions, and the one with
+    // nothing to do asked the reactor again for a readiness it did not have (its lock and
+    // waker check), twice per exchange.
+    let pair = Arc::new(Pair { down, up, activity: Activity::default() });
+    let mut back = {
+        let pair = Arc::clone(&pair);
+        Joined(tokio::spawn(async move { pump(&mut &pair.up, &mut &pair.down, &pair.activity).await }))
+    };
     let both = async {
-        let (a, b) = tokio::join!(pump(&mut dr, &mut uw, &activity), pump(&mut ur, &mut dw, &activity));
-        a.and(b)
+        let forward = pump(&mut &pair.down, &mut &pair.up, &pair.activity).await;
+        // A panic in the other direction (never expected) ends the relay like an error.
+        let back = (&mut back.0).await.unwrap_or_else(|e| Err(io::Error::other(e)));
+        forward.and(back)
     };
     tokio::select! {
-        // The work first: the other branches only end it.
+        // The work first: the other branch only ends it.
         biased;
         r = both => r,
-        () = activity.idle(idle) => Ok(()),
+        // Idle: no byte either way for `idle` (give or take a quarter: the watchdog looks
+        // four times per timeout, so each chunk costs one relaxed store, not a clock reading).
+        () = pair.activity.idle(idle) => Ok(()),
+    }
+}
+
+/// The two ends of a relayed connection and what the idle watchdog reads, shared by the
+/// tasks of its two directions.
+struct Pair {
+    down: Socket,
+    up: Socket,
+    activity: Activity,
+}
+
+/// The task of a relay's second direction, ended with the relay: dropped (the relay went
+/// idle, or its connection was dropped), it aborts the task.
+struct Joined(tokio::task::JoinHandle<io::Result<()>>);
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
