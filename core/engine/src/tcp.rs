@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::cluster::Cluster;
 use crate::http::server::Activity;
@@ -169,14 +170,17 @@ async fn relay(down: Socket, cluster: &Cluster, idle: Duration) -> io::Result<()
     // nothing to do asked the reactor again for a readiness it did not have (its lock and
     // waker check), twice per exchange.
     let pair = Arc::new(Pair { down, up, activity: Activity::default() });
+    // Aborted when dropped: the relay went idle, or its connection was dropped.
     let mut back = {
         let pair = Arc::clone(&pair);
-        Joined(tokio::spawn(async move { pump(&mut &pair.up, &mut &pair.down, &pair.activity).await }))
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            pump(&mut &pair.up, &mut &pair.down, &pair.activity).await
+        }))
     };
     let both = async {
         let forward = pump(&mut &pair.down, &mut &pair.up, &pair.activity).await;
         // A panic in the other direction (never expected) ends the relay like an error.
-        let back = (&mut back.0).await.unwrap_or_else(|e| Err(io::Error::other(e)));
+        let back = (&mut back).await.unwrap_or_else(|e| Err(io::Error::other(e)));
         forward.and(back)
     };
     tokio::select! {
@@ -195,16 +199,6 @@ struct Pair {
     down: Socket,
     up: Socket,
     activity: Activity,
-}
-
-/// The task of a relay's second direction, ended with the relay: dropped (the relay went
-/// idle, or its connection was dropped), it aborts the task.
-struct Joined(tokio::task::JoinHandle<io::Result<()>>);
-
-impl Drop for Joined {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The first address of `host` that takes a connection (an IP literal resolves at once;
